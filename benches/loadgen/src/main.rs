@@ -1,0 +1,1081 @@
+//! `loadgen` — load generator for the Sparks vs Synapse homeserver benchmark.
+//!
+//! Subcommands:
+//! * `run`         — register users and run the client-API measurements against one
+//!                   homeserver (send throughput, /sync wake latency, initial /sync).
+//! * `wait-health` — poll `GET /health` until it answers 200; prints the elapsed ms
+//!                   (used by `benches/run.sh` for cold-start timing).
+//! * `report`      — merge per-server JSON files into one side-by-side table (+ JSON).
+//!
+//! Any unexpected HTTP status aborts the run with the response body printed; failed
+//! requests are never counted as successes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, String>;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Matrix homeserver load generator (Sparks benchmark)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the client-API measurements against one homeserver.
+    Run(RunArgs),
+    /// Poll GET /health until 200; print elapsed milliseconds.
+    WaitHealth(WaitArgs),
+    /// Merge per-server result files into a side-by-side table.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Homeserver base URL, e.g. http://127.0.0.1:8008
+    #[arg(long)]
+    url: String,
+    /// Label for this server in output.
+    #[arg(long, default_value = "server")]
+    name: String,
+    /// Seconds per send-throughput run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Comma-separated sender concurrencies for the send-throughput test.
+    #[arg(long, default_value = "1,32", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Number of sequential /sync wake-latency samples.
+    #[arg(long, default_value_t = 200)]
+    wake_samples: usize,
+    /// Milliseconds to wait after issuing the long-poll before sending (lets the
+    /// server park the /sync request).
+    #[arg(long, default_value_t = 50)]
+    wake_settle_ms: u64,
+    /// Rooms the initial-/sync user is in.
+    #[arg(long, default_value_t = 200)]
+    rooms: usize,
+    /// Messages sent into each of those rooms.
+    #[arg(long, default_value_t = 3)]
+    msgs_per_room: usize,
+    /// Timed initial /sync runs (median reported).
+    #[arg(long, default_value_t = 5)]
+    initial_sync_runs: usize,
+    /// Concurrency for setup work (registration, room creation, seeding).
+    #[arg(long, default_value_t = 4)]
+    setup_concurrency: usize,
+    /// Which tests to run (comma-separated): send, wake, initial.
+    #[arg(long, default_value = "send,wake,initial", value_delimiter = ',')]
+    tests: Vec<String>,
+    /// Username prefix (default: derived from the current time, so reruns against
+    /// the same database do not collide).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 120)]
+    request_timeout: u64,
+    /// Tokio worker threads for loadgen itself (1 = current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Write results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    #[arg(long)]
+    url: String,
+    /// Start instant as Unix time in nanoseconds (e.g. `date +%s%N` just before spawn).
+    /// Default: when wait-health itself started.
+    #[arg(long)]
+    t0_ns: Option<u128>,
+    /// Abort if this process exits before /health answers.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Poll interval in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    interval_ms: f64,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// NAME=FILE: loadgen `run --json` output for a server (repeatable).
+    #[arg(long = "load")]
+    load: Vec<String>,
+    /// NAME=FILE: process figures (rss_idle_mb, rss_after_mb, cold_start_ms[]) for a
+    /// server, written by run.sh (repeatable).
+    #[arg(long = "proc")]
+    procs: Vec<String>,
+    /// Extra metadata NAME=VALUE pairs recorded in the JSON output (repeatable).
+    #[arg(long = "meta")]
+    meta: Vec<String>,
+    /// Write merged JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(a) => {
+            let rt = if a.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(a.threads)
+                    .enable_all()
+                    .build()
+            }
+            .expect("tokio runtime");
+            rt.block_on(run(a))
+        }
+        Cmd::WaitHealth(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(wait_health(a))
+        }
+        Cmd::Report(a) => report(a),
+    };
+    if let Err(e) = res {
+        eprintln!("loadgen: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP helpers
+// ---------------------------------------------------------------------------
+
+struct Hs {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Clone, Debug)]
+struct User {
+    user_id: String,
+    token: String,
+}
+
+/// Percent-encode one path segment (room IDs, user IDs, txn IDs).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// An error with its chain of causes ("error sending request: ...: Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut i = n;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+impl Hs {
+    fn new(base: &str, timeout: Duration, pool: usize) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .timeout(timeout)
+            .pool_max_idle_per_host(pool)
+            .build()
+            .map_err(|e| format!("building HTTP client: {e}"))?;
+        Ok(Hs { http, base: base.trim_end_matches('/').to_string() })
+    }
+
+    /// Send a request; returns status and raw body, erroring only on transport failure.
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Vec<u8>)> {
+        let url = format!("{}{}", self.base, path);
+        let mut rb = self.http.request(method.clone(), &url);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.map_err(|e| format!("{method} {path}: request failed: {}", chain(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{method} {path}: reading body failed: {}", chain(&e)))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Send a request that must answer 200 with a JSON body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let (status, bytes) = self.raw(method.clone(), path, token, body).await?;
+        check_json(&method, path, status, &bytes)
+    }
+
+    async fn register(&self, username: &str, password: &str) -> Result<User> {
+        let path = "/_matrix/client/v3/register";
+        let mut body = json!({
+            "username": username,
+            "password": password,
+            "initial_device_display_name": "loadgen",
+        });
+        // Round 1: no auth -> 401 with a UIA session (or 200 if the server needs none).
+        let (status, bytes) = self.raw(Method::POST, path, None, Some(&body)).await?;
+        let v = if status == StatusCode::UNAUTHORIZED {
+            let uia: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                format!("POST {path} -> 401 with non-JSON body ({e}): {}", String::from_utf8_lossy(&bytes))
+            })?;
+            let mut auth = json!({"type": "m.login.dummy"});
+            if let Some(s) = uia.get("session").and_then(Value::as_str) {
+                auth["session"] = json!(s);
+            }
+            body["auth"] = auth;
+            self.call(Method::POST, path, None, Some(&body)).await?
+        } else {
+            check_json(&Method::POST, path, status, &bytes)?
+        };
+        let user_id = str_field(&v, "user_id", path)?;
+        let token = str_field(&v, "access_token", path)?;
+        Ok(User { user_id, token })
+    }
+
+    async fn create_room(&self, u: &User, body: Value) -> Result<String> {
+        let path = "/_matrix/client/v3/createRoom";
+        let v = self.call(Method::POST, path, Some(&u.token), Some(&body)).await?;
+        str_field(&v, "room_id", path)
+    }
+
+    async fn join(&self, u: &User, room: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/join/{}", enc(room));
+        self.call(Method::POST, &path, Some(&u.token), Some(&json!({}))).await?;
+        Ok(())
+    }
+
+    async fn send_msg(&self, u: &User, room: &str, txn: &str, text: &str) -> Result<String> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room),
+            enc(txn)
+        );
+        let body = json!({"msgtype": "m.text", "body": text});
+        let v = self.call(Method::PUT, &path, Some(&u.token), Some(&body)).await?;
+        str_field(&v, "event_id", &path)
+    }
+
+    async fn upload_filter(&self, u: &User, filter: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/user/{}/filter", enc(&u.user_id));
+        let v = self.call(Method::POST, &path, Some(&u.token), Some(filter)).await?;
+        str_field(&v, "filter_id", &path)
+    }
+
+    /// GET /sync; returns parsed body and body size in bytes.
+    async fn sync(
+        &self,
+        u: &User,
+        since: Option<&str>,
+        filter: Option<&str>,
+        timeout_ms: Option<u64>,
+    ) -> Result<(Value, usize)> {
+        let mut q = Vec::new();
+        if let Some(s) = since {
+            q.push(format!("since={}", enc(s)));
+        }
+        if let Some(f) = filter {
+            q.push(format!("filter={}", enc(f)));
+        }
+        if let Some(t) = timeout_ms {
+            q.push(format!("timeout={t}"));
+        }
+        let path = if q.is_empty() {
+            "/_matrix/client/v3/sync".to_string()
+        } else {
+            format!("/_matrix/client/v3/sync?{}", q.join("&"))
+        };
+        let (status, bytes) = self.raw(Method::GET, &path, Some(&u.token), None).await?;
+        let v = check_json(&Method::GET, &path, status, &bytes)?;
+        Ok((v, bytes.len()))
+    }
+}
+
+fn check_json(method: &Method, path: &str, status: StatusCode, bytes: &[u8]) -> Result<Value> {
+    if status != StatusCode::OK {
+        return Err(format!(
+            "{method} {path} -> HTTP {status}: {}",
+            truncate(&String::from_utf8_lossy(bytes), 4000)
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{method} {path} -> 200 but body is not JSON ({e}): {}",
+            truncate(&String::from_utf8_lossy(bytes), 4000)
+        )
+    })
+}
+
+fn str_field(v: &Value, field: &str, ctx: &str) -> Result<String> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("{ctx}: response has no string `{field}`: {v}"))
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------
+
+/// Nearest-rank percentile over sorted microsecond samples, returned in ms.
+fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted_us.len()) - 1;
+    sorted_us[idx] as f64 / 1000.0
+}
+
+fn median_ms(sorted_us: &[u64]) -> f64 {
+    let n = sorted_us.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        sorted_us[n / 2] as f64 / 1000.0
+    } else {
+        (sorted_us[n / 2 - 1] + sorted_us[n / 2]) as f64 / 2000.0
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct SendResult {
+    concurrency: usize,
+    events: u64,
+    seconds: f64,
+    events_per_sec: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct WakeResult {
+    samples: usize,
+    settle_ms: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
+    /// Samples where /sync returned before the send's 200 arrived (clamped to 0).
+    sync_before_send: usize,
+    /// Extra long-polls needed because a /sync returned without the event.
+    repolls: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct InitialSyncResult {
+    rooms: usize,
+    msgs_per_room: usize,
+    runs: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    all_ms: Vec<f64>,
+    response_bytes: usize,
+    setup_seconds: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+struct RunResult {
+    name: String,
+    url: String,
+    duration_s: f64,
+    send: Vec<SendResult>,
+    wake: Option<WakeResult>,
+    initial_sync: Option<InitialSyncResult>,
+    total_seconds: f64,
+}
+
+// ---------------------------------------------------------------------------
+// `run`
+// ---------------------------------------------------------------------------
+
+async fn run(a: RunArgs) -> Result<()> {
+    for t in &a.tests {
+        if !matches!(t.as_str(), "send" | "wake" | "initial") {
+            return Err(format!("unknown test `{t}` (expected send, wake, initial)"));
+        }
+    }
+    let want = |t: &str| a.tests.iter().any(|x| x == t);
+    let max_conc = a.concurrency.iter().copied().max().unwrap_or(1).max(1);
+    let hs = Arc::new(Hs::new(
+        &a.url,
+        Duration::from_secs(a.request_timeout),
+        max_conc.max(a.setup_concurrency) + 8,
+    )?);
+    let prefix = a.prefix.clone().unwrap_or_else(|| {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        format!("lg{}", ms % 100_000_000)
+    });
+    let started = Instant::now();
+    let mut res = RunResult {
+        name: a.name.clone(),
+        url: a.url.clone(),
+        duration_s: a.duration,
+        ..Default::default()
+    };
+    eprintln!("[{}] loadgen against {} (user prefix {prefix})", a.name, a.url);
+
+    if want("send") {
+        res.send = send_tests(&hs, &a, &prefix, max_conc).await?;
+    }
+    if want("wake") {
+        res.wake = Some(wake_test(&hs, &a, &prefix).await?);
+    }
+    if want("initial") {
+        res.initial_sync = Some(initial_sync_test(&hs, &a, &prefix).await?);
+    }
+    res.total_seconds = round3(started.elapsed().as_secs_f64());
+
+    print_run(&res);
+    if let Some(p) = &a.json {
+        let s = serde_json::to_string_pretty(&res).map_err(|e| e.to_string())?;
+        std::fs::write(p, s + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+        eprintln!("[{}] wrote {}", a.name, p.display());
+    }
+    Ok(())
+}
+
+/// Register `n` users `<prefix>_<role><i>` with bounded concurrency.
+async fn register_many(hs: &Arc<Hs>, prefix: &str, role: &str, n: usize, conc: usize) -> Result<Vec<User>> {
+    let mut out: Vec<Option<User>> = vec![None; n];
+    let mut idx = 0;
+    while idx < n {
+        let end = (idx + conc.max(1)).min(n);
+        let mut set = tokio::task::JoinSet::new();
+        for i in idx..end {
+            let hs = hs.clone();
+            let name = format!("{prefix}_{role}{i}");
+            set.spawn(async move { (i, hs.register(&name, "loadgen-password-1").await) });
+        }
+        while let Some(j) = set.join_next().await {
+            let (i, r) = j.map_err(|e| format!("task panicked: {e}"))?;
+            out[i] = Some(r?);
+        }
+        idx = end;
+    }
+    Ok(out.into_iter().map(|u| u.expect("all registered")).collect())
+}
+
+async fn send_tests(hs: &Arc<Hs>, a: &RunArgs, prefix: &str, max_conc: usize) -> Result<Vec<SendResult>> {
+    eprintln!("[{}] send: registering {max_conc} senders", a.name);
+    let users = register_many(hs, prefix, "send", max_conc, a.setup_concurrency).await?;
+    let room = hs
+        .create_room(&users[0], json!({"preset": "public_chat", "name": "loadgen send throughput"}))
+        .await?;
+    for u in &users[1..] {
+        hs.join(u, &room).await?;
+    }
+    let users = Arc::new(users);
+    let mut results = Vec::new();
+    for &c in &a.concurrency {
+        let c = c.max(1);
+        eprintln!("[{}] send: concurrency {c} for {:.1}s", a.name, a.duration);
+        let failed = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(a.duration);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..c {
+            let hs = hs.clone();
+            let users = users.clone();
+            let room = room.clone();
+            let failed = failed.clone();
+            let count = count.clone();
+            set.spawn(async move {
+                let u = &users[i];
+                let mut lats: Vec<u64> = Vec::with_capacity(4096);
+                let mut n: u64 = 0;
+                while Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
+                    let txn = format!("c{c}-{i}-{n}");
+                    let t = Instant::now();
+                    if let Err(e) = hs.send_msg(u, &room, &txn, &format!("loadgen {txn}")).await {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    lats.push(t.elapsed().as_micros() as u64);
+                    count.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Ok(lats)
+            });
+        }
+        let mut all: Vec<u64> = Vec::new();
+        let mut first_err: Option<String> = None;
+        while let Some(j) = set.join_next().await {
+            match j.map_err(|e| format!("task panicked: {e}"))? {
+                Ok(l) => all.extend(l),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(format!("send test (concurrency {c}) aborted: {e}"));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let events = count.load(Ordering::Relaxed);
+        let r = SendResult {
+            concurrency: c,
+            events,
+            seconds: round3(secs),
+            events_per_sec: round3(events as f64 / secs),
+            latency_p50_ms: round3(pct_ms(&all, 50.0)),
+            latency_p99_ms: round3(pct_ms(&all, 99.0)),
+            latency_max_ms: round3(pct_ms(&all, 100.0)),
+        };
+        eprintln!(
+            "[{}] send: c={c}: {} events in {:.2}s = {:.1} ev/s (p50 {:.3} ms, p99 {:.3} ms)",
+            a.name, r.events, r.seconds, r.events_per_sec, r.latency_p50_ms, r.latency_p99_ms
+        );
+        results.push(r);
+    }
+    Ok(results)
+}
+
+fn timeline_has(v: &Value, room: &str, event_id: &str) -> bool {
+    v.pointer("/rooms/join")
+        .and_then(|j| j.get(room))
+        .and_then(|r| r.pointer("/timeline/events"))
+        .and_then(Value::as_array)
+        .is_some_and(|evs| evs.iter().any(|e| e.get("event_id").and_then(Value::as_str) == Some(event_id)))
+}
+
+async fn wake_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<WakeResult> {
+    eprintln!("[{}] wake: setting up ({} samples)", a.name, a.wake_samples);
+    let users = register_many(hs, prefix, "wake", 2, a.setup_concurrency).await?;
+    let (ua, ub) = (users[0].clone(), users[1].clone());
+    let room = hs
+        .create_room(&ua, json!({"preset": "public_chat", "name": "loadgen wake latency"}))
+        .await?;
+    hs.join(&ub, &room).await?;
+    // Small responses: only this room's timeline, nothing else.
+    let filter = json!({
+        "presence": {"types": []},
+        "account_data": {"types": []},
+        "room": {
+            "rooms": [room],
+            "timeline": {"limit": 10},
+            "state": {"types": []},
+            "ephemeral": {"types": []},
+            "account_data": {"types": []},
+        },
+    });
+    let fid = hs.upload_filter(&ub, &filter).await?;
+    let (v, _) = hs.sync(&ub, None, Some(&fid), Some(0)).await?;
+    let mut since = str_field(&v, "next_batch", "/sync")?;
+
+    let mut lats: Vec<u64> = Vec::with_capacity(a.wake_samples);
+    let mut before = 0usize;
+    let mut repolls = 0usize;
+    for i in 0..a.wake_samples {
+        let spawn_poll = |since: String| {
+            let hs = hs.clone();
+            let ub = ub.clone();
+            let fid = fid.clone();
+            tokio::spawn(async move {
+                let r = hs.sync(&ub, Some(&since), Some(&fid), Some(30_000)).await;
+                (r, Instant::now())
+            })
+        };
+        let mut poll = spawn_poll(since.clone());
+        tokio::time::sleep(Duration::from_millis(a.wake_settle_ms)).await;
+        if poll.is_finished() {
+            // Returned before we sent anything: spurious wake-up. Drain and re-arm.
+            let (r, _) = poll.await.map_err(|e| format!("task panicked: {e}"))?;
+            let (v, _) = r?;
+            since = str_field(&v, "next_batch", "/sync")?;
+            repolls += 1;
+            poll = spawn_poll(since.clone());
+            tokio::time::sleep(Duration::from_millis(a.wake_settle_ms)).await;
+        }
+        let txn = format!("wake-{i}");
+        let event_id = hs.send_msg(&ua, &room, &txn, &format!("wake {i}")).await?;
+        let t_sent = Instant::now();
+        let t_recv = loop {
+            let (r, t) = poll.await.map_err(|e| format!("task panicked: {e}"))?;
+            let (v, _) = r.map_err(|e| format!("wake sample {i}: {e}"))?;
+            since = str_field(&v, "next_batch", "/sync")?;
+            if timeline_has(&v, &room, &event_id) {
+                break t;
+            }
+            repolls += 1;
+            if repolls > a.wake_samples * 4 + 20 {
+                return Err(format!("wake: /sync keeps returning without event {event_id}: {v}"));
+            }
+            poll = spawn_poll(since.clone());
+        };
+        let us = match t_recv.checked_duration_since(t_sent) {
+            Some(d) => d.as_micros() as u64,
+            None => {
+                before += 1;
+                0
+            }
+        };
+        lats.push(us);
+    }
+    let mean = if lats.is_empty() { f64::NAN } else { lats.iter().sum::<u64>() as f64 / lats.len() as f64 / 1000.0 };
+    lats.sort_unstable();
+    let r = WakeResult {
+        samples: lats.len(),
+        settle_ms: a.wake_settle_ms,
+        p50_ms: round3(pct_ms(&lats, 50.0)),
+        p99_ms: round3(pct_ms(&lats, 99.0)),
+        max_ms: round3(pct_ms(&lats, 100.0)),
+        mean_ms: round3(mean),
+        sync_before_send: before,
+        repolls,
+    };
+    eprintln!(
+        "[{}] wake: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples, {} repolls, {} early)",
+        a.name, r.p50_ms, r.p99_ms, r.max_ms, r.samples, r.repolls, r.sync_before_send
+    );
+    Ok(r)
+}
+
+async fn initial_sync_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<InitialSyncResult> {
+    eprintln!(
+        "[{}] initial: creating {} rooms with {} messages each",
+        a.name, a.rooms, a.msgs_per_room
+    );
+    let setup = Instant::now();
+    let user = register_many(hs, prefix, "init", 1, 1).await?.remove(0);
+    let user = Arc::new(user);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..a.setup_concurrency.max(1) {
+        let hs = hs.clone();
+        let user = user.clone();
+        let next = next.clone();
+        let (rooms, msgs) = (a.rooms as u64, a.msgs_per_room);
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= rooms {
+                    return Ok::<(), String>(());
+                }
+                let room = hs
+                    .create_room(
+                        &user,
+                        json!({
+                            "preset": "private_chat",
+                            "name": format!("Benchmark room {i}"),
+                            "topic": format!("loadgen initial-sync room number {i}"),
+                        }),
+                    )
+                    .await?;
+                for m in 0..msgs {
+                    hs.send_msg(&user, &room, &format!("init-{i}-{m}"), &format!("message {m} in room {i}"))
+                        .await?;
+                }
+            }
+        });
+    }
+    while let Some(j) = set.join_next().await {
+        j.map_err(|e| format!("task panicked: {e}"))??;
+    }
+    let setup_seconds = setup.elapsed().as_secs_f64();
+    eprintln!("[{}] initial: setup took {setup_seconds:.1}s; timing {} runs", a.name, a.initial_sync_runs);
+
+    let mut times: Vec<u64> = Vec::new();
+    let mut bytes = 0;
+    for run in 0..a.initial_sync_runs.max(1) {
+        let t = Instant::now();
+        let (v, n) = hs.sync(&user, None, None, None).await?;
+        let us = t.elapsed().as_micros() as u64;
+        let joined = v.pointer("/rooms/join").and_then(Value::as_object).map_or(0, |o| o.len());
+        if joined != a.rooms {
+            return Err(format!("initial /sync returned {joined} joined rooms, expected {}", a.rooms));
+        }
+        eprintln!("[{}] initial: run {}: {:.3} ms, {} bytes", a.name, run + 1, us as f64 / 1000.0, n);
+        bytes = n;
+        times.push(us);
+    }
+    let all_ms = times.iter().map(|&u| round3(u as f64 / 1000.0)).collect();
+    times.sort_unstable();
+    Ok(InitialSyncResult {
+        rooms: a.rooms,
+        msgs_per_room: a.msgs_per_room,
+        runs: times.len(),
+        median_ms: round3(median_ms(&times)),
+        min_ms: round3(pct_ms(&times, 0.0)),
+        max_ms: round3(pct_ms(&times, 100.0)),
+        all_ms,
+        response_bytes: bytes,
+        setup_seconds: round3(setup_seconds),
+    })
+}
+
+fn print_run(r: &RunResult) {
+    println!("== {} ({}) ==", r.name, r.url);
+    for s in &r.send {
+        println!(
+            "send throughput   c={:<3} {:>10.1} events/s  ({} events in {:.2}s; latency p50 {:.3} ms, p99 {:.3} ms)",
+            s.concurrency, s.events_per_sec, s.events, s.seconds, s.latency_p50_ms, s.latency_p99_ms
+        );
+    }
+    if let Some(w) = &r.wake {
+        println!(
+            "sync wake latency       p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms  ({} samples)",
+            w.p50_ms, w.p99_ms, w.max_ms, w.samples
+        );
+    }
+    if let Some(i) = &r.initial_sync {
+        println!(
+            "initial sync {:>4} rooms median {:.3} ms (min {:.3}, max {:.3}; {} runs, {} bytes)",
+            i.rooms, i.median_ms, i.min_ms, i.max_ms, i.runs, i.response_bytes
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `wait-health`
+// ---------------------------------------------------------------------------
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+async fn wait_health(a: WaitArgs) -> Result<()> {
+    let t0 = a.t0_ns.unwrap_or_else(now_ns);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/health", a.url.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs_f64(a.timeout);
+    let interval = Duration::from_secs_f64(a.interval_ms / 1000.0);
+    let mut last: String;
+    loop {
+        match http.get(&url).send().await {
+            Ok(r) if r.status() == StatusCode::OK => {
+                let elapsed_ns = now_ns().saturating_sub(t0);
+                println!("{:.3}", elapsed_ns as f64 / 1e6);
+                return Ok(());
+            }
+            Ok(r) => {
+                let st = r.status();
+                let body = r.text().await.unwrap_or_default();
+                last = format!("HTTP {st}: {}", truncate(&body, 500));
+            }
+            Err(e) => last = chain(&e),
+        }
+        if let Some(pid) = a.pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            return Err(format!("process {pid} exited before {url} answered 200 (last: {last})"));
+        }
+        if let Some(pid) = a.pid
+            && let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            return Err(format!("process {pid} exited before {url} answered 200 (last: {last})"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {}s waiting for {url} (last: {last})", a.timeout));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `report`
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default)]
+struct ProcFigures {
+    #[serde(default)]
+    rss_idle_mb: Option<f64>,
+    #[serde(default)]
+    rss_after_mb: Option<f64>,
+    #[serde(default)]
+    cold_start_ms: Vec<f64>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+fn split_kv(s: &str) -> Result<(String, String)> {
+    s.split_once('=')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> Result<T> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    serde_json::from_str(&s).map_err(|e| format!("parsing {path}: {e}"))
+}
+
+/// Lower is better, or higher is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+struct Row {
+    key: &'static str,
+    label: String,
+    unit: &'static str,
+    better: Better,
+    decimals: usize,
+}
+
+fn report(a: ReportArgs) -> Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    let mut loads: BTreeMap<String, RunResult> = BTreeMap::new();
+    let mut procs: BTreeMap<String, ProcFigures> = BTreeMap::new();
+    for s in &a.load {
+        let (n, p) = split_kv(s)?;
+        if !names.contains(&n) {
+            names.push(n.clone());
+        }
+        loads.insert(n, read_json(&p)?);
+    }
+    for s in &a.procs {
+        let (n, p) = split_kv(s)?;
+        if !names.contains(&n) {
+            names.push(n.clone());
+        }
+        procs.insert(n, read_json(&p)?);
+    }
+    // Canonical column order: sparks first, synapse second, others after.
+    names.sort_by_key(|n| match n.as_str() {
+        "sparks" => 0,
+        "synapse" => 1,
+        _ => 2,
+    });
+
+    let mut conc: Vec<usize> = loads.values().flat_map(|l| l.send.iter().map(|s| s.concurrency)).collect();
+    conc.sort_unstable();
+    conc.dedup();
+    let rooms = loads.values().find_map(|l| l.initial_sync.as_ref().map(|i| i.rooms));
+
+    let mut rows: Vec<(Row, BTreeMap<String, f64>)> = Vec::new();
+    let mut push = |row: Row, f: &dyn Fn(&str) -> Option<f64>| {
+        let vals: BTreeMap<String, f64> =
+            names.iter().filter_map(|n| f(n).filter(|v| v.is_finite()).map(|v| (n.clone(), v))).collect();
+        if !vals.is_empty() {
+            rows.push((row, vals));
+        }
+    };
+    for &c in &conc {
+        push(
+            Row { key: "send", label: format!("send throughput, {c} sender(s)"), unit: "events/s", better: Better::Higher, decimals: 1 },
+            &|n| loads.get(n)?.send.iter().find(|s| s.concurrency == c).map(|s| s.events_per_sec),
+        );
+    }
+    push(
+        Row { key: "wake_p50", label: "sync wake latency p50".into(), unit: "ms", better: Better::Lower, decimals: 3 },
+        &|n| loads.get(n)?.wake.as_ref().map(|w| w.p50_ms),
+    );
+    push(
+        Row { key: "wake_p99", label: "sync wake latency p99".into(), unit: "ms", better: Better::Lower, decimals: 3 },
+        &|n| loads.get(n)?.wake.as_ref().map(|w| w.p99_ms),
+    );
+    push(
+        Row { key: "wake_max", label: "sync wake latency max".into(), unit: "ms", better: Better::Lower, decimals: 3 },
+        &|n| loads.get(n)?.wake.as_ref().map(|w| w.max_ms),
+    );
+    push(
+        Row {
+            key: "initial_sync",
+            label: format!("initial sync, {} rooms (median)", rooms.map_or("?".into(), |r| r.to_string())),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 3,
+        },
+        &|n| loads.get(n)?.initial_sync.as_ref().map(|i| i.median_ms),
+    );
+    push(
+        Row { key: "rss_idle", label: "RSS idle".into(), unit: "MiB", better: Better::Lower, decimals: 1 },
+        &|n| procs.get(n)?.rss_idle_mb,
+    );
+    push(
+        Row { key: "rss_after", label: "RSS after load".into(), unit: "MiB", better: Better::Lower, decimals: 1 },
+        &|n| procs.get(n)?.rss_after_mb,
+    );
+    push(
+        Row { key: "cold_start", label: "cold start (best)".into(), unit: "ms", better: Better::Lower, decimals: 1 },
+        &|n| procs.get(n)?.cold_start_ms.iter().copied().reduce(f64::min),
+    );
+
+    let has_ratio = names.iter().any(|n| n == "sparks") && names.iter().any(|n| n == "synapse");
+    let ratio_of = |row: &Row, v: &BTreeMap<String, f64>| -> Option<f64> {
+        let (s, y) = (*v.get("sparks")?, *v.get("synapse")?);
+        let r = match row.better {
+            Better::Higher => s / y,
+            Better::Lower => y / s,
+        };
+        r.is_finite().then_some(r)
+    };
+
+    // Text table.
+    let mut header: Vec<String> = vec!["metric".into()];
+    header.extend(names.iter().map(|n| title(n)));
+    if has_ratio {
+        header.push("ratio".into());
+    }
+    let mut table: Vec<Vec<String>> = Vec::new();
+    let mut json_rows = Vec::new();
+    for (row, vals) in &rows {
+        let mut line = vec![format!("{} ({})", row.label, row.unit)];
+        for n in &names {
+            line.push(vals.get(n).map_or("-".into(), |v| format!("{v:.*}", row.decimals)));
+        }
+        let ratio = if has_ratio { ratio_of(row, vals) } else { None };
+        if has_ratio {
+            line.push(ratio.map_or("-".into(), |r| format!("{r:.2}x")));
+        }
+        table.push(line);
+        let mut jr = json!({
+            "metric": row.key,
+            "label": row.label,
+            "unit": row.unit,
+            "better": match row.better { Better::Higher => "higher", Better::Lower => "lower" },
+            "values": vals,
+        });
+        if let Some(r) = ratio {
+            jr["ratio_sparks_advantage"] = json!(round3(r));
+        }
+        json_rows.push(jr);
+    }
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for l in &table {
+        for (i, c) in l.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let fmt_line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(s, "| {:<w$} ", c, w = widths[i]);
+            } else {
+                let _ = write!(s, "| {:>w$} ", c, w = widths[i]);
+            }
+        }
+        s.push('|');
+        s
+    };
+    println!();
+    println!("{}", fmt_line(&header));
+    let sep: Vec<String> = widths.iter().enumerate().map(|(i, w)| {
+        if i == 0 { format!(":{}", "-".repeat(w + 1)) } else { format!("{}:", "-".repeat(w + 1)) }
+    }).collect();
+    println!("|{}|", sep.join("|"));
+    for l in &table {
+        println!("{}", fmt_line(l));
+    }
+    if has_ratio {
+        println!("\nratio = how many times better Sparks is (throughput: Sparks/Synapse; latency, time, memory: Synapse/Sparks).");
+    }
+
+    if let Some(p) = &a.json {
+        let mut meta = serde_json::Map::new();
+        for m in &a.meta {
+            let (k, v) = split_kv(m)?;
+            meta.insert(k, json!(v));
+        }
+        let servers: BTreeMap<&String, Value> = names
+            .iter()
+            .map(|n| (n, json!({"load": loads.get(n), "process": procs.get(n)})))
+            .collect();
+        let out = json!({"meta": meta, "table": json_rows, "servers": servers});
+        let s = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        std::fs::write(p, s + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+        println!("\nJSON written to {}", p.display());
+    }
+    Ok(())
+}
+
+fn title(n: &str) -> String {
+    match n {
+        "sparks" => "Sparks".into(),
+        "synapse" => "Synapse".into(),
+        _ => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
+        assert_eq!(pct_ms(&v, 50.0), 50.0);
+        assert_eq!(pct_ms(&v, 99.0), 99.0);
+        assert_eq!(pct_ms(&v, 100.0), 100.0);
+        assert_eq!(pct_ms(&v, 0.0), 1.0);
+        assert_eq!(median_ms(&[1000, 2000, 3000, 4000]), 2.5);
+    }
+
+    #[test]
+    fn encoding() {
+        assert_eq!(enc("!abc:localhost"), "%21abc%3Alocalhost");
+        assert_eq!(enc("@u_1.x:hs"), "%40u_1.x%3Ahs");
+    }
+}

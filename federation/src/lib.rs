@@ -1,0 +1,1 @@
+//! Server-server API (issue 5). Empty until the federation issue lands.

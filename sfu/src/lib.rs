@@ -1,0 +1,1 @@
+//! The SFU (issue 6). Empty until the SFU issue lands.

@@ -1,0 +1,91 @@
+//! Sparks: a Matrix homeserver (and, with the `sfu` crate, a video meeting server) in one binary.
+//!
+//! Layers, top to bottom (a layer only uses the ones below it):
+//! - [`api`]: axum handlers per spec area; parse, authorise, call services.
+//! - services: [`rooms`], [`sync`], [`users`], [`ratelimit`].
+//! - [`storage`]: typed maps over RocksDB column families.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod ratelimit;
+pub mod rooms;
+pub mod server;
+pub mod storage;
+pub mod sync;
+pub mod users;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+
+pub use crate::{config::Config, server::Server};
+
+/// Opens storage, binds the listener and serves until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let server = Server::open(config)?;
+    let listener = TcpListener::bind(server.config.listen.client)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", server.config.listen.client))?;
+    spawn_background(&server);
+    let app = api::router::build(server.clone());
+    tracing::info!(
+        server_name = %server.server_name(),
+        client = %server.config.listen.client,
+        database = %server.config.database_path.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "Sparks is ready"
+    );
+    let shutdown_server = server.clone();
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            shutdown_server.begin_shutdown();
+        });
+    // Long-polls end at once on shutdown; anything else gets a few seconds to finish.
+    let mut shutdown = server.shutdown.subscribe();
+    tokio::select! {
+        result = serve => result.map_err(|e| format!("server error: {e}"))?,
+        _ = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => tracing::warn!("connections still open after 5 s; closing them"),
+    }
+    server.db.flush();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_background(server: &Arc<Server>) {
+    let typing_server = server.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            typing_server.typing.expire(&typing_server);
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,54 @@
+//! The `sparks` binary: reads the configuration, sets up logging, runs the server.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use sparks::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "sparks", version, about = "A Matrix homeserver with an embedded SFU, in one binary")]
+struct Args {
+    /// TOML configuration file. Without it the embedded defaults are used
+    /// (server_name "localhost", client API on 127.0.0.1:8008, data in ./sparks-data).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sparks: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sparks: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sparks::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("sparks: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

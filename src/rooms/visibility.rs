@@ -1,0 +1,62 @@
+//! History visibility: whether a user may see an event, applied on every read path
+//! (sync, messages, context, event, relations ...). The spec's algorithm:
+//! world_readable → yes; joined at the event → yes; `shared` and joined at any point after the
+//! event → yes; invited at the event and `invited` visibility → yes; otherwise no.
+
+use ruma::{UserId, events::StateEventType};
+
+use super::{EventMeta, Membership, pdu::Pdu};
+use crate::{error::Result, server::Server};
+
+pub fn can_see(server: &Server, user: &UserId, pdu: &Pdu, meta: &EventMeta, current: Option<&Membership>) -> Result<bool> {
+    // Fast path: joined now, and no membership change since this event → joined at the event.
+    if let Some(m) = current {
+        if m.membership == "join" && m.count <= meta.count {
+            return Ok(true);
+        }
+    }
+    let maps = &server.maps;
+    let state = server.rooms.load_state(maps, meta.state_before)?;
+    let visibility = server
+        .rooms
+        .state_event(maps, &state, &StateEventType::RoomHistoryVisibility, "")?
+        .and_then(|e| e.content_str("history_visibility"))
+        .unwrap_or_else(|| "shared".to_owned());
+    if visibility == "world_readable" {
+        return Ok(true);
+    }
+    let membership_at_event = if pdu.state_user() == Some(user) && pdu.membership().is_some() {
+        // A user's own membership events are judged by the membership they set.
+        pdu.membership()
+    } else {
+        server
+            .rooms
+            .state_event(maps, &state, &StateEventType::RoomMember, user.as_str())?
+            .and_then(|e| e.membership())
+    };
+    match membership_at_event.as_deref() {
+        Some("join") => return Ok(true),
+        Some("invite") if visibility == "invited" => return Ok(true),
+        _ => {}
+    }
+    if visibility == "shared" && current.and_then(|m| m.last_join_count).is_some_and(|joined| joined > meta.count) {
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Filters events (with their metadata) down to those `user` may see.
+pub fn filter<'a, I>(server: &Server, user: &UserId, room_id: &ruma::RoomId, events: I) -> Result<Vec<std::sync::Arc<Pdu>>>
+where
+    I: IntoIterator<Item = &'a std::sync::Arc<Pdu>>,
+{
+    let current = server.rooms.membership(&server.maps, room_id, user)?;
+    let mut out = Vec::new();
+    for pdu in events {
+        let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else { continue };
+        if can_see(server, user, pdu, &meta, current.as_ref())? {
+            out.push(pdu.clone());
+        }
+    }
+    Ok(out)
+}

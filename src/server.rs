@@ -1,0 +1,99 @@
+//! The server context handed to every handler: configuration, storage and services.
+//!
+//! Tenancy is a value: nothing here is a global, so several `Server`s could live in one process.
+
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, signatures::Ed25519KeyPair};
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    ratelimit::RateLimiter,
+    rooms::Rooms,
+    storage::{Db, Maps},
+    sync::stream::Stream,
+    users::{Users, uiaa::UiaaSessions},
+};
+
+pub struct Server {
+    pub config: Config,
+    pub db: Arc<Db>,
+    pub maps: Maps,
+    pub stream: Arc<Stream>,
+    pub signing_key: Ed25519KeyPair,
+    pub rooms: Rooms,
+    pub users: Users,
+    pub uiaa: UiaaSessions,
+    pub ratelimit: RateLimiter,
+    pub typing: crate::sync::typing::Typing,
+    pub started_at: std::time::Instant,
+    /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        let (db, maps) = Db::open(&config.database_path, &config.storage)?;
+        let signing_key = load_or_create_signing_key(&db, &maps).map_err(|e| e.to_string())?;
+        let stream = Stream::new(&maps).map_err(|e| e.to_string())?;
+        let rooms = Rooms::new(&maps, &config).map_err(|e| e.to_string())?;
+        let ratelimit = RateLimiter::new(&config.ratelimit);
+        Ok(Arc::new(Self {
+            config,
+            db,
+            maps,
+            stream,
+            signing_key,
+            rooms,
+            users: Users::new(),
+            uiaa: UiaaSessions::default(),
+            ratelimit,
+            typing: Default::default(),
+            started_at: std::time::Instant::now(),
+            shutdown: tokio::sync::watch::Sender::new(false),
+        }))
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.config.server_name
+    }
+
+    /// Whether an id (user, room alias ...) belongs to this server.
+    pub fn is_local(&self, server: &ruma::ServerName) -> bool {
+        server == self.config.server_name
+    }
+}
+
+/// The server's ed25519 signing key: generated on first start and kept in the database.
+fn load_or_create_signing_key(db: &Db, maps: &Maps) -> Result<Ed25519KeyPair> {
+    let stored = maps.global.get(b"signing_key")?;
+    let version = maps
+        .global
+        .get(b"signing_key_version")?
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_default();
+    let (der, version) = match (stored, version) {
+        (Some(der), version) if !version.is_empty() => (der, version),
+        _ => {
+            let der = Ed25519KeyPair::generate();
+            let version: String = rand_alnum(6);
+            let mut batch = db.batch();
+            batch.put(&maps.global, b"signing_key", &der[..]);
+            batch.put(&maps.global, b"signing_key_version", version.as_bytes());
+            db.commit(batch)?;
+            (der.to_vec(), version)
+        }
+    };
+    Ed25519KeyPair::from_der(&der, version).map_err(|e| Error::internal(format_args!("signing key: {e}")))
+}
+
+/// Random `[A-Za-z0-9]` string (tokens, device ids, session ids).
+pub fn rand_alnum(len: usize) -> String {
+    use rand::Rng;
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+}

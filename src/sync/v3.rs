@@ -1,0 +1,398 @@
+//! Building `/sync` (v3) responses.
+//!
+//! A response covers the stream window `(since, now]`. Per room the timeline is read newest
+//! first from the room's `roomcount_eventid` range; state is the difference between the state
+//! at the start of the window and the state at the start of the returned timeline (or all of
+//! it for an initial sync, a newly joined room or `full_state`).
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use ruma::{DeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::FilterDefinition, events::StateEventType};
+use serde_json::{Map, Value, json};
+
+use super::{filter, format};
+use crate::{
+    error::Result,
+    rooms::{Membership, pdu::PduRef, state::StateMap, visibility},
+    server::Server,
+    users::account_data,
+};
+
+pub struct SyncParams {
+    pub user: OwnedUserId,
+    pub device: ruma::OwnedDeviceId,
+    pub since: Option<u64>,
+    pub filter: FilterDefinition,
+    pub full_state: bool,
+    pub use_state_after: bool,
+    pub timeout: Duration,
+}
+
+/// Long-polls until something for the user arrives or the timeout passes.
+pub async fn sync(server: &Server, params: SyncParams) -> Result<Value> {
+    let mut receiver = server.stream.subscribe(&params.user);
+    let deadline = tokio::time::Instant::now() + params.timeout;
+    loop {
+        receiver.borrow_and_update();
+        let now = server.stream.current();
+        let (response, has_updates) = build(server, &params, now)?;
+        if has_updates || params.since.is_none() || params.full_state || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        // Wait for a write for this user (or the deadline); a write between `current()` and
+        // here has already marked the receiver changed, so it is not missed.
+        let mut shutdown = server.shutdown.subscribe();
+        let woken = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, receiver.changed()) => changed.is_ok(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !woken {
+            let now = server.stream.current();
+            return Ok(build(server, &params, now)?.0);
+        }
+    }
+}
+
+/// The response for the window `(since, now]` and whether it holds anything.
+pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, bool)> {
+    let since = params.since.map(|s| s.min(now));
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let mut knock = Map::new();
+    let rooms = server.rooms.rooms_of(&server.maps, &params.user)?;
+    for (room_id, membership) in rooms {
+        if !filter::room_allowed(&params.filter, &room_id) {
+            continue;
+        }
+        // Ignore membership changes after `now` (they belong to the next response).
+        let membership = if membership.count > now { membership_at(server, &room_id, &params.user, now)? } else { Some(membership) };
+        let Some(membership) = membership else { continue };
+        match membership.membership.as_str() {
+            "join" => {
+                if let Some(room) = joined_room(server, params, &room_id, &membership, since, now)? {
+                    join.insert(room_id.to_string(), room);
+                }
+            }
+            "invite" if since.is_none_or(|s| membership.count > s) => {
+                invite.insert(room_id.to_string(), json!({ "invite_state": { "events": stripped_state(server, &room_id, &membership)? } }));
+            }
+            "knock" if since.is_none_or(|s| membership.count > s) => {
+                knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(server, &room_id, &membership)? } }));
+            }
+            "leave" | "ban" => {
+                let changed = match since {
+                    Some(s) => membership.count > s,
+                    None => params.filter.room.include_leave,
+                };
+                let forgotten = server
+                    .maps
+                    .userroomid_forgotten
+                    .contains(crate::storage::keys::Key::new().s(params.user.as_str()).s(room_id.as_str()).build())?;
+                if changed && !forgotten {
+                    leave.insert(room_id.to_string(), left_room(server, params, &room_id, &membership, since)?);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut global_account_data = Vec::new();
+    for (room, kind, content) in account_data::changes_since(&server.maps, &params.user, since.unwrap_or(0))? {
+        if room.is_empty() && filter::type_only_allowed(&params.filter.account_data, &kind) {
+            global_account_data.push(json!({ "type": kind, "content": content }));
+        }
+    }
+
+    let has_updates = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !knock.is_empty() || !global_account_data.is_empty();
+    let mut rooms = Map::new();
+    for (name, section) in [("join", join), ("invite", invite), ("leave", leave), ("knock", knock)] {
+        if !section.is_empty() {
+            rooms.insert(name.into(), Value::Object(section));
+        }
+    }
+    let mut response = Map::new();
+    response.insert("next_batch".into(), json!(super::token(now)));
+    response.insert("rooms".into(), Value::Object(rooms));
+    response.insert("account_data".into(), json!({ "events": global_account_data }));
+    response.insert("presence".into(), json!({ "events": [] }));
+    response.insert("to_device".into(), json!({ "events": [] }));
+    response.insert("device_one_time_keys_count".into(), json!({}));
+    Ok((Value::Object(response), has_updates))
+}
+
+/// The user's membership as of stream position `at` (for changes that raced the window).
+fn membership_at(server: &Server, room_id: &RoomId, user: &UserId, at: u64) -> Result<Option<Membership>> {
+    let group = server.rooms.group_at(&server.maps, room_id, at)?;
+    let state = server.rooms.load_state(&server.maps, group)?;
+    let Some(event) = server.rooms.state_event(&server.maps, &state, &StateEventType::RoomMember, user.as_str())? else {
+        return Ok(None);
+    };
+    let Some(meta) = server.rooms.event_meta(&server.maps, &event.event_id)? else { return Ok(None) };
+    Ok(event.membership().map(|membership| Membership {
+        membership,
+        count: meta.count,
+        event_id: event.event_id.clone(),
+        last_join_count: None,
+    }))
+}
+
+struct Timeline {
+    events: Vec<(u64, PduRef)>,
+    limited: bool,
+}
+
+/// Visible timeline events in `(from, to]`, newest `limit`, returned oldest first.
+fn timeline(server: &Server, params: &SyncParams, room_id: &RoomId, from: u64, to: u64, limit: usize, current: Option<&Membership>) -> Result<Timeline> {
+    let mut events = Vec::new();
+    let mut limited = false;
+    let mut cursor = to;
+    'scan: loop {
+        let batch = server.rooms.timeline_desc(&server.maps, room_id, from, cursor, limit + 1)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (count, pdu) in &batch {
+            cursor = count.saturating_sub(1);
+            if !filter::room_event_allowed(&params.filter.room.timeline, pdu) {
+                continue;
+            }
+            let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else { continue };
+            if !visibility::can_see(server, &params.user, pdu, &meta, current)? {
+                continue;
+            }
+            if events.len() == limit {
+                limited = true;
+                break 'scan;
+            }
+            events.push((*count, pdu.clone()));
+        }
+        if batch.len() <= limit || cursor <= from {
+            break;
+        }
+    }
+    events.reverse();
+    Ok(Timeline { events, limited })
+}
+
+fn timeline_limit(params: &SyncParams) -> usize {
+    params.filter.room.timeline.limit.map_or(10, |l| u64::from(l).clamp(1, 1000) as usize)
+}
+
+fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membership: &Membership, since: Option<u64>, now: u64) -> Result<Option<Value>> {
+    let maps = &server.maps;
+    let newly_joined = since.is_none_or(|s| membership.last_join_count.is_some_and(|j| j > s));
+    let from = since.unwrap_or(0);
+    let last = server.rooms.last_count(maps, room_id)?;
+    let (typing_count, typing_users) = server.typing.get(room_id);
+    let typing_changed = since.is_none_or(|s| typing_count > s && typing_count <= now);
+    let room_account_data: Vec<Value> = account_data::changes_since(maps, &params.user, from)?
+        .into_iter()
+        .filter(|(room, kind, _)| room == room_id.as_str() && filter::room_type_allowed(&params.filter.room.account_data, kind))
+        .map(|(_, kind, content)| json!({ "type": kind, "content": content }))
+        .collect();
+
+    let has_new_events = since.is_none_or(|s| last > s);
+    if !has_new_events && !params.full_state && !typing_changed && room_account_data.is_empty() && !newly_joined {
+        return Ok(None);
+    }
+
+    let limit = timeline_limit(params);
+    let timeline = if has_new_events || newly_joined {
+        // A newly joined room's timeline starts at the join, so its history goes through
+        // `/messages` (and its visibility rules), not a huge first sync.
+        timeline(server, params, room_id, from, now, limit, Some(membership))?
+    } else {
+        Timeline { events: Vec::new(), limited: false }
+    };
+
+    let full = newly_joined || params.full_state;
+    let start_group = match timeline.events.first() {
+        Some((_, pdu)) => server.rooms.event_meta(maps, &pdu.event_id)?.map_or(0, |m| m.state_before),
+        None => server.rooms.group_at(maps, room_id, now)?,
+    };
+    let in_timeline: BTreeSet<_> = timeline.events.iter().map(|(_, p)| p.event_id.clone()).collect();
+    let senders: BTreeSet<OwnedUserId> = timeline.events.iter().map(|(_, p)| p.sender.clone()).collect();
+    let since_group = if full { 0 } else { server.rooms.group_at(maps, room_id, from)? };
+    let state = state_delta(server, params, since_group, start_group, &in_timeline, &senders, full)?;
+
+    let state_after = if params.use_state_after {
+        let end_group = server.rooms.group_at(maps, room_id, now)?;
+        Some(state_delta(server, params, since_group, end_group, &BTreeSet::new(), &senders, full)?)
+    } else {
+        None
+    };
+
+    let mut ephemeral = Vec::new();
+    if typing_changed && filter::room_type_allowed(&params.filter.room.ephemeral, "m.typing") {
+        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
+    }
+
+    if !full && timeline.events.is_empty() && state.is_empty() && ephemeral.is_empty() && room_account_data.is_empty() {
+        return Ok(None);
+    }
+
+    let prev_batch = timeline.events.first().map_or(from, |(count, _)| count.saturating_sub(1));
+    let events = timeline
+        .events
+        .iter()
+        .map(|(_, pdu)| {
+            let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
+            format::client_event(server, pdu, meta.as_deref(), Some(&params.device), false)
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut room = Map::new();
+    room.insert(
+        "timeline".into(),
+        json!({ "events": events, "limited": timeline.limited, "prev_batch": super::token(prev_batch) }),
+    );
+    match state_after {
+        Some(after) => room.insert("state_after".into(), json!({ "events": after })),
+        None => room.insert("state".into(), json!({ "events": state })),
+    };
+    room.insert("ephemeral".into(), json!({ "events": ephemeral }));
+    room.insert("account_data".into(), json!({ "events": room_account_data }));
+    room.insert("unread_notifications".into(), json!({ "notification_count": 0, "highlight_count": 0 }));
+    let members_changed = full || timeline.events.iter().any(|(_, p)| p.kind == ruma::events::TimelineEventType::RoomMember);
+    if members_changed {
+        room.insert("summary".into(), summary(server, room_id, &params.user)?);
+    }
+    Ok(Some(Value::Object(room)))
+}
+
+/// State events in `to` that differ from `from` (all of `to` when `from` is 0), minus events
+/// already in the timeline; lazy-loaded members are limited to the timeline's senders.
+fn state_delta(
+    server: &Server,
+    params: &SyncParams,
+    from_group: u64,
+    to_group: u64,
+    in_timeline: &BTreeSet<ruma::OwnedEventId>,
+    senders: &BTreeSet<OwnedUserId>,
+    full: bool,
+) -> Result<Vec<Value>> {
+    if from_group == to_group && !full {
+        return Ok(Vec::new());
+    }
+    let maps = &server.maps;
+    let to_state = server.rooms.load_state(maps, to_group)?;
+    let from_state: Arc<StateMap> = if full { Arc::new(StateMap::new()) } else { server.rooms.load_state(maps, from_group)? };
+    let lazy = filter::lazy_members(&params.filter.room.state);
+    let mut events = Vec::new();
+    for (key, event) in to_state.iter() {
+        if from_state.get(key) == Some(event) {
+            continue;
+        }
+        let event_id = server.rooms.state.event_id_of(maps, *event)?;
+        if in_timeline.contains(&event_id) {
+            continue;
+        }
+        let Some(pdu) = server.rooms.pdu(maps, &event_id)? else { continue };
+        if !filter::room_event_allowed(&params.filter.room.state, &pdu) {
+            continue;
+        }
+        if lazy && pdu.kind == ruma::events::TimelineEventType::RoomMember {
+            let member = pdu.state_user();
+            if !member.is_some_and(|m| senders.contains(m) || m == params.user) {
+                continue;
+            }
+        }
+        let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
+        events.push(format::client_event(server, &pdu, meta.as_deref(), Some(&params.device), false)?);
+    }
+    Ok(events)
+}
+
+/// `m.heroes` and member counts, for clients to name unnamed rooms.
+fn summary(server: &Server, room_id: &RoomId, user: &UserId) -> Result<Value> {
+    let members = server.rooms.members(&server.maps, room_id)?;
+    let joined = members.iter().filter(|(_, m)| m.membership == "join").count();
+    let invited = members.iter().filter(|(_, m)| m.membership == "invite").count();
+    let mut heroes: Vec<&OwnedUserId> = members
+        .iter()
+        .filter(|(u, m)| *u != user && matches!(m.membership.as_str(), "join" | "invite"))
+        .map(|(u, _)| u)
+        .collect();
+    heroes.sort();
+    heroes.truncate(5);
+    Ok(json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": joined,
+        "m.invited_member_count": invited,
+    }))
+}
+
+/// Stripped state for invites and knocks, plus the membership event itself.
+fn stripped_state(server: &Server, room_id: &RoomId, membership: &Membership) -> Result<Vec<Value>> {
+    let maps = &server.maps;
+    let mut events = Vec::new();
+    for kind in [
+        StateEventType::RoomCreate,
+        StateEventType::RoomJoinRules,
+        StateEventType::RoomName,
+        StateEventType::RoomAvatar,
+        StateEventType::RoomCanonicalAlias,
+        StateEventType::RoomEncryption,
+        StateEventType::RoomTopic,
+    ] {
+        if let Some(pdu) = server.rooms.current_state_event(maps, room_id, &kind, "")? {
+            events.push(format::stripped(&pdu));
+        }
+    }
+    if let Some(pdu) = server.rooms.pdu(maps, &membership.event_id)? {
+        // The membership event itself, in full client format, so clients see who invited.
+        if let Some(sender_member) = server.rooms.current_state_event(maps, room_id, &StateEventType::RoomMember, pdu.sender.as_str())? {
+            if sender_member.event_id != pdu.event_id {
+                events.push(format::stripped(&sender_member));
+            }
+        }
+        let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
+        events.push(format::client_event(server, &pdu, meta.as_deref(), None, false)?);
+    }
+    Ok(events)
+}
+
+fn left_room(server: &Server, params: &SyncParams, room_id: &RoomId, membership: &Membership, since: Option<u64>) -> Result<Value> {
+    let maps = &server.maps;
+    let from = since.unwrap_or(0);
+    let limit = timeline_limit(params);
+    let timeline = timeline(server, params, room_id, from, membership.count, limit, Some(membership))?;
+    let start_group = match timeline.events.first() {
+        Some((_, pdu)) => server.rooms.event_meta(maps, &pdu.event_id)?.map_or(0, |m| m.state_before),
+        None => server.rooms.group_at(maps, room_id, membership.count)?,
+    };
+    let in_timeline: BTreeSet<_> = timeline.events.iter().map(|(_, p)| p.event_id.clone()).collect();
+    let senders: BTreeSet<OwnedUserId> = timeline.events.iter().map(|(_, p)| p.sender.clone()).collect();
+    let full = since.is_none() || params.full_state;
+    let since_group = if full { 0 } else { server.rooms.group_at(maps, room_id, from)? };
+    let state = state_delta(server, params, since_group, start_group, &in_timeline, &senders, full)?;
+    let prev_batch = timeline.events.first().map_or(from, |(count, _)| count.saturating_sub(1));
+    let events = timeline
+        .events
+        .iter()
+        .map(|(_, pdu)| {
+            let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
+            format::client_event(server, pdu, meta.as_deref(), Some(&params.device), false)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "timeline": { "events": events, "limited": timeline.limited, "prev_batch": super::token(prev_batch) },
+        "state": { "events": state },
+        "account_data": { "events": [] },
+    }))
+}
+
+/// Rooms the user is joined to (for `/joined_rooms`).
+pub fn joined_rooms(server: &Server, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    Ok(server
+        .rooms
+        .rooms_of(&server.maps, user)?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room, _)| room)
+        .collect())
+}
+
+#[allow(dead_code)]
+fn _assert_device(_: &DeviceId) {}
