@@ -188,6 +188,8 @@ where
             return Err(Error::not_json("Request body is not valid JSON"));
         }
 
+        // An empty body on POST/PUT means `{}` (clients omit it for e.g. `/join`, as Synapse allows).
+        let body = if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT) { Bytes::from_static(b"{}") } else { body };
         let request = http::Request::from_parts(parts, &body[..]);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let parsed = R::try_from_http_request(request, &path_refs).map_err(map_parse_error)?;

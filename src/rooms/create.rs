@@ -312,7 +312,7 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
     // Stop conversation in the old room: raise events_default and invite above users_default.
     if let Some(mut levels) = state_of(StateEventType::RoomPowerLevels)? {
         let users_default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
-        let restricted = 50.max(users_default + 1);
+        let restricted = 50.max(users_default.saturating_add(1));
         levels["events_default"] = json!(restricted);
         levels["invite"] = json!(restricted);
         // Best effort: the upgrading user may lack the power to change power levels.

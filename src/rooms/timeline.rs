@@ -255,10 +255,11 @@ pub fn persist(
     let mut wake_extra = None;
     if let (Some(membership), Some(target)) = (pdu.membership(), pdu.state_user()) {
         let previous = rooms.membership(maps, &room_id, target)?;
-        let last_join_count = if membership == "join" {
-            Some(count)
-        } else {
-            previous.as_ref().and_then(|p| p.last_join_count)
+        // A join that follows a join (a profile change) is not a new join.
+        let last_join_count = match previous.as_ref() {
+            Some(p) if p.membership == "join" => p.last_join_count,
+            _ if membership == "join" => Some(count),
+            _ => previous.as_ref().and_then(|p| p.last_join_count),
         };
         let record = Membership { membership, count, event_id: pdu.event_id.clone(), last_join_count };
         let value = serde_json::to_vec(&record)?;

@@ -224,7 +224,7 @@ fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membershi
     };
 
     let mut ephemeral = Vec::new();
-    if typing_changed && filter::room_type_allowed(&params.filter.room.ephemeral, "m.typing") {
+    if typing_changed && (typing_count > 0) && filter::room_type_allowed(&params.filter.room.ephemeral, "m.typing") {
         ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
     }
 

@@ -175,7 +175,7 @@ rc_federation:
         cmd = self._sparks_cmd() if self.impl == "sparks" else self._synapse_cmd()
         self._log_file = open(self.log_path, "wb")
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_LOG", "info,ruma_state_res=warn")
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.tmp,

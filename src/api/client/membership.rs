@@ -99,7 +99,7 @@ pub async fn forget(server: Arc<Server>, request: Ruma<forget_room::v3::Request>
     match server.rooms.membership(&server.maps, room_id, &user)? {
         None => return Err(Error::not_found("You have never been in this room")),
         Some(m) if matches!(m.membership.as_str(), "join" | "invite" | "knock") => {
-            return Err(Error::bad_state("You must leave the room before forgetting it"));
+            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "You must leave the room before forgetting it"));
         }
         Some(_) => {}
     }

@@ -154,7 +154,7 @@ pub async fn messages(server: Arc<Server>, request: Ruma<get_message_events::v3:
     };
     let to = body.to.as_deref().map(parse_token).transpose()?;
     // Backwards from `s<n>` covers events `<= n`; forwards covers events `> n`.
-    let (start, stop) = if forward { (from + 1, to.map(|t| t + 1)) } else { (from, to) };
+    let (start, stop) = if forward { (from.saturating_add(1), to.map(|t| t.saturating_add(1))) } else { (from, to) };
     let (events, more_at) = walk(&server, &user, &body.room_id, start, stop, forward, limit, &body.filter, current.as_ref())?;
     let device = request.device().ok();
     let chunk = events
