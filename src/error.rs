@@ -59,8 +59,17 @@ constructors! {
 }
 
 impl Error {
-    pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, errcode, message: message.into(), extra: None }
+    pub fn new(
+        status: StatusCode,
+        errcode: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            errcode,
+            message: message.into(),
+            extra: None,
+        }
     }
 
     /// `409 M_UNKNOWN`: a resource (alias ...) is already taken, as the spec asks.
@@ -70,20 +79,32 @@ impl Error {
 
     /// `405 M_UNRECOGNIZED`: known path, wrong method.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed for this endpoint")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "M_UNRECOGNIZED",
+            "Method not allowed for this endpoint",
+        )
     }
 
     /// `401 M_UNKNOWN_TOKEN`; `soft_logout` tells the client it may refresh or re-login the device.
     pub fn unknown_token(soft_logout: bool) -> Self {
-        let message = if soft_logout { "Access token has expired" } else { "Unknown access token" };
+        let message = if soft_logout {
+            "Access token has expired"
+        } else {
+            "Unknown access token"
+        };
         Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", message)
             .with_field("soft_logout", Value::Bool(soft_logout))
     }
 
     /// `429 M_LIMIT_EXCEEDED` with the `retry_after_ms` field (and a `Retry-After` header).
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests")
-            .with_field("retry_after_ms", json!(retry_after_ms))
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "M_LIMIT_EXCEEDED",
+            "Too many requests",
+        )
+        .with_field("retry_after_ms", json!(retry_after_ms))
     }
 
     /// A `500` whose detail is logged but not shown to the client.
@@ -104,7 +125,9 @@ impl Error {
     }
 
     pub fn with_field(mut self, key: &str, value: Value) -> Self {
-        self.extra.get_or_insert_with(Default::default).insert(key.to_owned(), value);
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
         self
     }
 
@@ -120,7 +143,13 @@ impl Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.errcode, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.errcode,
+            self.message
+        )
     }
 }
 
@@ -137,7 +166,10 @@ impl IntoResponse for Error {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

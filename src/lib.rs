@@ -38,12 +38,15 @@ pub async fn run(config: Config) -> Result<(), String> {
         "Sparks is ready"
     );
     let shutdown_server = server.clone();
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            shutdown_server.begin_shutdown();
-        });
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown_server.begin_shutdown();
+    });
     // Long-polls end at once on shutdown; anything else gets a few seconds to finish.
     let mut shutdown = server.shutdown.subscribe();
     tokio::select! {

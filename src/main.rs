@@ -6,7 +6,11 @@ use clap::Parser;
 use sparks::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "sparks", version, about = "A Matrix homeserver with an embedded SFU, in one binary")]
+#[command(
+    name = "sparks",
+    version,
+    about = "A Matrix homeserver with an embedded SFU, in one binary"
+)]
 struct Args {
     /// TOML configuration file. Without it the embedded defaults are used
     /// (server_name "localhost", client API on 127.0.0.1:8008, data in ./sparks-data).
@@ -24,7 +28,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sparks: cannot start the runtime: {error}");
@@ -46,7 +53,9 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

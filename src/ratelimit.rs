@@ -4,7 +4,10 @@ use std::{collections::HashMap, time::Instant};
 
 use parking_lot::Mutex;
 
-use crate::{config::{RateLimitConfig, RateLimitRule}, error::{Error, Result}};
+use crate::{
+    config::{RateLimitConfig, RateLimitRule},
+    error::{Error, Result},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Limit {
@@ -24,7 +27,10 @@ struct Bucket {
 
 impl RateLimiter {
     pub fn new(config: &RateLimitConfig) -> Self {
-        Self { config: config.clone(), buckets: Mutex::new(HashMap::new()) }
+        Self {
+            config: config.clone(),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     fn rule(&self, limit: Limit) -> RateLimitRule {
@@ -65,9 +71,10 @@ impl RateLimiter {
                 b.tokens < f64::from(rule.burst)
             });
         }
-        let bucket = buckets
-            .entry((limit, key.to_owned()))
-            .or_insert(Bucket { tokens: f64::from(rule.burst), updated: Instant::now() });
+        let bucket = buckets.entry((limit, key.to_owned())).or_insert(Bucket {
+            tokens: f64::from(rule.burst),
+            updated: Instant::now(),
+        });
         refill(bucket, rule);
         bucket.tokens -= 1.0;
     }

@@ -89,11 +89,16 @@ fn load_or_create_signing_key(db: &Db, maps: &Maps) -> Result<Ed25519KeyPair> {
             (der.to_vec(), version)
         }
     };
-    Ed25519KeyPair::from_der(&der, version).map_err(|e| Error::internal(format_args!("signing key: {e}")))
+    Ed25519KeyPair::from_der(&der, version)
+        .map_err(|e| Error::internal(format_args!("signing key: {e}")))
 }
 
 /// Random `[A-Za-z0-9]` string (tokens, device ids, session ids).
 pub fn rand_alnum(len: usize) -> String {
     use rand::Rng;
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }

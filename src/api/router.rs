@@ -3,7 +3,10 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicU64, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -19,7 +22,10 @@ use ruma::api::client as c;
 use tower_http::cors::{Any, CorsLayer};
 
 use super::{
-    client::{account, account_data, alias, device, directory, discovery, membership, message, profile, room, session, state, sync, typing},
+    client::{
+        account, account_data, alias, device, directory, discovery, membership, message, profile,
+        room, session, state, sync, typing,
+    },
     federation,
     ruma::{route, route_json},
 };
@@ -99,7 +105,10 @@ pub fn build(server: Arc<Server>) -> Router {
     // State events with an empty state key may be addressed without the trailing segment.
     for version in ["r0", "v3"] {
         for suffix in ["", "/"] {
-            let path: &'static str = Box::leak(format!("/_matrix/client/{version}/rooms/{{room_id}}/state/{{event_type}}{suffix}").into_boxed_str());
+            let path: &'static str = Box::leak(
+                format!("/_matrix/client/{version}/rooms/{{room_id}}/state/{{event_type}}{suffix}")
+                    .into_boxed_str(),
+            );
             r = r.route(
                 path,
                 axum::routing::get(|State(server): State<Arc<Server>>, req: super::ruma::Ruma<c::state::get_state_event_for_key::v3::Request>| async move {
@@ -117,21 +126,43 @@ pub fn build(server: Arc<Server>) -> Router {
 
     r = r
         .route("/health", get(|| async { "OK" }))
-        .route("/.well-known/matrix/client", get(|State(server): State<Arc<Server>>| async move { Json(discovery::well_known_client(&server)) }))
-        .route("/.well-known/matrix/server", get(|State(server): State<Arc<Server>>| async move { Json(discovery::well_known_server(&server)) }))
+        .route(
+            "/.well-known/matrix/client",
+            get(|State(server): State<Arc<Server>>| async move {
+                Json(discovery::well_known_client(&server))
+            }),
+        )
+        .route(
+            "/.well-known/matrix/server",
+            get(|State(server): State<Arc<Server>>| async move {
+                Json(discovery::well_known_server(&server))
+            }),
+        )
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() });
 
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-requested-with")]);
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-requested-with"),
+        ]);
 
     r.layer(middleware::from_fn(log_request))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            tracing::error!("handler panicked");
-            Error::unknown("Internal server error").into_response()
-        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                Error::unknown("Internal server error").into_response()
+            },
+        ))
         .layer(cors)
         .with_state(server)
 }
@@ -144,7 +175,10 @@ async fn log_request(request: Request, next: Next) -> Response {
     let id = REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let start = Instant::now();
     let span = tracing::info_span!("request", id, %method, path = %path);
     let response = {

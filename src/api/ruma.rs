@@ -15,12 +15,19 @@ use ruma::{
     OwnedDeviceId, OwnedUserId, UserId,
     api::{
         IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
-        auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication},
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
+            NoAccessToken, NoAuthentication,
+        },
         error::{DeserializationError, FromHttpRequestError},
     },
 };
 
-use crate::{error::{Error, Result}, server::Server, users::Session};
+use crate::{
+    error::{Error, Result},
+    server::Server,
+    users::Session,
+};
 
 /// How an endpoint authenticates, per ruma's `Authentication` type.
 pub trait AuthRequirement {
@@ -70,11 +77,17 @@ pub struct Ruma<R> {
 impl<R> Ruma<R> {
     /// The authenticated user (only `None` on endpoints without required auth).
     pub fn user(&self) -> Result<&UserId> {
-        self.session.as_ref().map(|s| &*s.user_id).ok_or_else(|| Error::missing_token("Missing access token"))
+        self.session
+            .as_ref()
+            .map(|s| &*s.user_id)
+            .ok_or_else(|| Error::missing_token("Missing access token"))
     }
 
     pub fn device(&self) -> Result<&ruma::DeviceId> {
-        self.session.as_ref().map(|s| &*s.device_id).ok_or_else(|| Error::missing_token("Missing access token"))
+        self.session
+            .as_ref()
+            .map(|s| &*s.device_id)
+            .ok_or_else(|| Error::missing_token("Missing access token"))
     }
 
     pub fn owned_user(&self) -> Result<OwnedUserId> {
@@ -88,13 +101,18 @@ impl<R> Ruma<R> {
 
 /// The access token from `Authorization: Bearer` or the deprecated `access_token` query parameter.
 pub fn access_token(parts: &http::request::Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return Some(token.trim().to_owned());
-        }
+    if let Some(value) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
     }
     parts.uri.query().and_then(|query| {
-        form_pairs(query).find(|(k, _)| k == "access_token").map(|(_, v)| v)
+        form_pairs(query)
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
     })
 }
 
@@ -131,14 +149,21 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Reads a body up to the configured cap: `413 M_TOO_LARGE` from `Content-Length` alone when it
 /// is over the cap, or as soon as a streamed body passes it.
-pub async fn read_body(server: &Server, parts: &http::request::Parts, body: axum::body::Body, limit: usize) -> Result<Bytes> {
+pub async fn read_body(
+    server: &Server,
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes> {
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(Error::too_large(format!("Request body is larger than {limit} bytes")));
+        return Err(Error::too_large(format!(
+            "Request body is larger than {limit} bytes"
+        )));
     }
     let _ = server;
     axum::body::to_bytes(body, limit).await.map_err(|error| {
@@ -165,10 +190,11 @@ where
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.0);
-        let mut path_args: Vec<String> = match RawPathParams::from_request_parts(&mut parts, server).await {
-            Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
-            Err(_) => return Err(Error::invalid_param("Invalid percent-encoding in the path")),
-        };
+        let mut path_args: Vec<String> =
+            match RawPathParams::from_request_parts(&mut parts, server).await {
+                Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
+                Err(_) => return Err(Error::invalid_param("Invalid percent-encoding in the path")),
+            };
         // Routes registered without a trailing parameter (state events with an empty state
         // key: `/state/{type}` and `/state/{type}/`) get it as the empty string.
         let expected = <R as ruma::api::Metadata>::_path_parameters().len();
@@ -180,7 +206,9 @@ where
 
         let session = match (<R::Authentication as AuthRequirement>::KIND, token) {
             (AuthKind::Required, None) => return Err(Error::missing_token("Missing access token")),
-            (AuthKind::Required | AuthKind::Optional, Some(token)) => Some(server.users.authenticate(server, &token)?),
+            (AuthKind::Required | AuthKind::Optional, Some(token)) => {
+                Some(server.users.authenticate(server, &token)?)
+            }
             _ => None,
         };
 
@@ -189,11 +217,20 @@ where
         }
 
         // An empty body on POST/PUT means `{}` (clients omit it for e.g. `/join`, as Synapse allows).
-        let body = if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT) { Bytes::from_static(b"{}") } else { body };
+        let body = if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT) {
+            Bytes::from_static(b"{}")
+        } else {
+            body
+        };
         let request = http::Request::from_parts(parts, &body[..]);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let parsed = R::try_from_http_request(request, &path_refs).map_err(map_parse_error)?;
-        Ok(Self { body: parsed, session, client, json: body })
+        Ok(Self {
+            body: parsed,
+            session,
+            client,
+            json: body,
+        })
     }
 }
 
@@ -202,8 +239,12 @@ fn map_parse_error(error: FromHttpRequestError) -> Error {
         FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
         FromHttpRequestError::Deserialization(error) => match error {
             DeserializationError::Json(e) => Error::bad_json(format!("Invalid request body: {e}")),
-            DeserializationError::Ident(e) => Error::invalid_param(format!("Invalid identifier: {e}")),
-            DeserializationError::Query(e) => Error::invalid_param(format!("Invalid query parameter: {e}")),
+            DeserializationError::Ident(e) => {
+                Error::invalid_param(format!("Invalid identifier: {e}"))
+            }
+            DeserializationError::Query(e) => {
+                Error::invalid_param(format!("Invalid query parameter: {e}"))
+            }
             other => Error::invalid_param(format!("Invalid request: {other}")),
         },
         other => Error::bad_json(format!("Invalid request: {other}")),
@@ -216,14 +257,22 @@ pub struct RumaResponse<T>(pub T);
 impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {
-            Ok(response) => response.map(|body| axum::body::Body::from(body.freeze())).into_response(),
-            Err(error) => Error::internal(format_args!("response serialisation: {error}")).into_response(),
+            Ok(response) => response
+                .map(|body| axum::body::Body::from(body.freeze()))
+                .into_response(),
+            Err(error) => {
+                Error::internal(format_args!("response serialisation: {error}")).into_response()
+            }
         }
     }
 }
 
 /// Registers `handler` for every path (stable and unstable) ruma lists for endpoint `R`.
-pub fn route<R, F, Fut>(mut router: Router<Arc<Server>>, seen: &mut HashSet<(Method, &'static str)>, handler: F) -> Router<Arc<Server>>
+pub fn route<R, F, Fut>(
+    mut router: Router<Arc<Server>>,
+    seen: &mut HashSet<(Method, &'static str)>,
+    handler: F,
+) -> Router<Arc<Server>>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthRequirement,
@@ -231,17 +280,21 @@ where
     F: Fn(Arc<Server>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    use ruma::api::{Metadata, path_builder::PathBuilder};
+    use ruma::api::path_builder::PathBuilder;
     let filter = MethodFilter::try_from(R::METHOD).unwrap_or(MethodFilter::GET);
     for path in R::PATH_BUILDER.all_paths() {
         if !seen.insert((R::METHOD, path)) {
             continue;
         }
         let handler = handler.clone();
-        let method_router = on(filter, move |axum::extract::State(server): axum::extract::State<Arc<Server>>, request: Ruma<R>| {
-            let handler = handler.clone();
-            async move { handler(server, request).await.map(RumaResponse) }
-        });
+        let method_router = on(
+            filter,
+            move |axum::extract::State(server): axum::extract::State<Arc<Server>>,
+                  request: Ruma<R>| {
+                let handler = handler.clone();
+                async move { handler(server, request).await.map(RumaResponse) }
+            },
+        );
         router = router.route(path, method_router);
     }
     router
@@ -249,24 +302,32 @@ where
 
 /// Registers a handler whose response is plain JSON (for responses built from stored JSON,
 /// like `/sync`, rather than ruma's typed responses).
-pub fn route_json<R, F, Fut>(mut router: Router<Arc<Server>>, seen: &mut HashSet<(Method, &'static str)>, handler: F) -> Router<Arc<Server>>
+pub fn route_json<R, F, Fut>(
+    mut router: Router<Arc<Server>>,
+    seen: &mut HashSet<(Method, &'static str)>,
+    handler: F,
+) -> Router<Arc<Server>>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthRequirement,
     F: Fn(Arc<Server>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<serde_json::Value>> + Send + 'static,
 {
-    use ruma::api::{Metadata, path_builder::PathBuilder};
+    use ruma::api::path_builder::PathBuilder;
     let filter = MethodFilter::try_from(R::METHOD).unwrap_or(MethodFilter::GET);
     for path in R::PATH_BUILDER.all_paths() {
         if !seen.insert((R::METHOD, path)) {
             continue;
         }
         let handler = handler.clone();
-        let method_router = on(filter, move |axum::extract::State(server): axum::extract::State<Arc<Server>>, request: Ruma<R>| {
-            let handler = handler.clone();
-            async move { handler(server, request).await.map(axum::Json) }
-        });
+        let method_router = on(
+            filter,
+            move |axum::extract::State(server): axum::extract::State<Arc<Server>>,
+                  request: Ruma<R>| {
+                let handler = handler.clone();
+                async move { handler(server, request).await.map(axum::Json) }
+            },
+        );
         router = router.route(path, method_router);
     }
     router

@@ -29,11 +29,14 @@ impl LimitsConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_request_body < 70 * 1024 {
             return Err(ConfigError(
-                "limits.max_request_body: must be at least 71680 bytes (an event may be 64 KiB)".into(),
+                "limits.max_request_body: must be at least 71680 bytes (an event may be 64 KiB)"
+                    .into(),
             ));
         }
         if self.refreshable_access_token_lifetime_ms < 10_000 {
-            return Err(ConfigError("limits.refreshable_access_token_lifetime_ms: must be at least 10000".into()));
+            return Err(ConfigError(
+                "limits.refreshable_access_token_lifetime_ms: must be at least 10000".into(),
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ pub struct ListenConfig {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+        Self {
+            client: SocketAddr::from(([127, 0, 0, 1], 8008)),
+        }
     }
 }

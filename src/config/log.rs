@@ -19,6 +19,9 @@ pub enum LogFormat {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info,ruma_state_res=warn".into(), format: LogFormat::Pretty }
+        Self {
+            level: "info,ruma_state_res=warn".into(),
+            format: LogFormat::Pretty,
+        }
     }
 }

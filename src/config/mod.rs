@@ -21,8 +21,13 @@ use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    limits::LimitsConfig, listen::ListenConfig, log::{LogConfig, LogFormat}, ratelimit::RateLimitConfig,
-    ratelimit::RateLimitRule, registration::RegistrationConfig, storage::StorageConfig,
+    limits::LimitsConfig,
+    listen::ListenConfig,
+    log::{LogConfig, LogFormat},
+    ratelimit::RateLimitConfig,
+    ratelimit::RateLimitRule,
+    registration::RegistrationConfig,
+    storage::StorageConfig,
 };
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -73,19 +78,26 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("SPARKS_").split("__"));
-        let config: Config = figment.extract().map_err(|error| ConfigError(describe(error)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|error| ConfigError(describe(error)))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks that serde cannot express: cross-key rules and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.default_room_version.rules().is_none() || !crate::rooms::version::is_supported(&self.default_room_version) {
+        if self.default_room_version.rules().is_none()
+            || !crate::rooms::version::is_supported(&self.default_room_version)
+        {
             return Err(ConfigError(format!(
                 "default_room_version: room version {} is not supported",
                 self.default_room_version
@@ -95,7 +107,9 @@ impl Config {
         self.limits.validate()?;
         self.ratelimit.validate()?;
         if !self.public_base_url.is_empty() && !self.public_base_url.starts_with("http") {
-            return Err(ConfigError("public_base_url: must start with http:// or https://".into()));
+            return Err(ConfigError(
+                "public_base_url: must start with http:// or https://".into(),
+            ));
         }
         Ok(())
     }
@@ -117,7 +131,11 @@ fn describe(error: figment::Error) -> String {
         .map(|e| {
             let key = e.path.join(".");
             let kind = e.kind.to_string();
-            if key.is_empty() { kind } else { format!("{key}: {kind}") }
+            if key.is_empty() {
+                kind
+            } else {
+                format!("{key}: {kind}")
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")

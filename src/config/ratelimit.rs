@@ -25,15 +25,24 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            failed_login: RateLimitRule { per_second: 0.17, burst: 3 },
-            registration: RateLimitRule { per_second: 0.17, burst: 3 },
+            failed_login: RateLimitRule {
+                per_second: 0.17,
+                burst: 3,
+            },
+            registration: RateLimitRule {
+                per_second: 0.17,
+                burst: 3,
+            },
         }
     }
 }
 
 impl RateLimitConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        for (name, rule) in [("failed_login", self.failed_login), ("registration", self.registration)] {
+        for (name, rule) in [
+            ("failed_login", self.failed_login),
+            ("registration", self.registration),
+        ] {
             if !(rule.per_second.is_finite() && rule.per_second > 0.0) || rule.burst == 0 {
                 return Err(ConfigError(format!(
                     "ratelimit.{name}: per_second must be > 0 and burst >= 1"

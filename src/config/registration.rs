@@ -17,17 +17,26 @@ pub struct RegistrationConfig {
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self { enabled: true, token: None, allow_open_registration_on_public_address: false }
+        Self {
+            enabled: true,
+            token: None,
+            allow_open_registration_on_public_address: false,
+        }
     }
 }
 
 impl RegistrationConfig {
     pub(super) fn validate(&self, listen: &ListenConfig) -> Result<(), ConfigError> {
         if self.token.as_deref().is_some_and(str::is_empty) {
-            return Err(ConfigError("registration.token: must not be empty (remove the key instead)".into()));
+            return Err(ConfigError(
+                "registration.token: must not be empty (remove the key instead)".into(),
+            ));
         }
         let open = self.enabled && self.token.is_none();
-        if open && !listen.client.ip().is_loopback() && !self.allow_open_registration_on_public_address {
+        if open
+            && !listen.client.ip().is_loopback()
+            && !self.allow_open_registration_on_public_address
+        {
             return Err(ConfigError(format!(
                 "registration.enabled: open registration without registration.token on the \
                  non-loopback address {} lets anyone on the network create accounts; set \

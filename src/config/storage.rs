@@ -15,6 +15,10 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { sync_writes: false, cache_mb: 32, state_cache_entries: 1024 }
+        Self {
+            sync_writes: false,
+            cache_mb: 32,
+            state_cache_entries: 1024,
+        }
     }
 }

@@ -3,7 +3,11 @@
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::{Error, Result}, server::Server, storage::keys::Key};
+use crate::{
+    error::{Error, Result},
+    server::Server,
+    storage::keys::Key,
+};
 
 #[derive(Serialize, Deserialize)]
 pub struct AliasRecord {
@@ -19,25 +23,49 @@ pub fn resolve_local(server: &Server, alias: &RoomAliasId) -> Result<Option<Alia
 }
 
 /// Creates an alias; `409` if it is taken.
-pub fn create(server: &Server, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+pub fn create(
+    server: &Server,
+    alias: &RoomAliasId,
+    room_id: &RoomId,
+    creator: &UserId,
+) -> Result<()> {
     if !server.is_local(alias.server_name()) {
         return Err(Error::invalid_param("Alias must be on this server"));
     }
     if resolve_local(server, alias)?.is_some() {
         return Err(Error::conflict("Room alias already exists"));
     }
-    let record = AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() };
+    let record = AliasRecord {
+        room_id: room_id.to_owned(),
+        creator: creator.to_owned(),
+    };
     let mut batch = server.db.batch();
-    batch.put(&server.maps.alias_roomid, alias.as_bytes(), serde_json::to_vec(&record)?);
-    batch.put(&server.maps.roomid_alias, Key::new().s(room_id.as_str()).s(alias.as_str()).build(), b"");
+    batch.put(
+        &server.maps.alias_roomid,
+        alias.as_bytes(),
+        serde_json::to_vec(&record)?,
+    );
+    batch.put(
+        &server.maps.roomid_alias,
+        Key::new().s(room_id.as_str()).s(alias.as_str()).build(),
+        b"",
+    );
     server.db.commit(batch)
 }
 
 pub fn delete(server: &Server, alias: &RoomAliasId) -> Result<()> {
-    let Some(record) = resolve_local(server, alias)? else { return Err(Error::not_found("Unknown alias")) };
+    let Some(record) = resolve_local(server, alias)? else {
+        return Err(Error::not_found("Unknown alias"));
+    };
     let mut batch = server.db.batch();
     batch.delete(&server.maps.alias_roomid, alias.as_bytes());
-    batch.delete(&server.maps.roomid_alias, Key::new().s(record.room_id.as_str()).s(alias.as_str()).build());
+    batch.delete(
+        &server.maps.roomid_alias,
+        Key::new()
+            .s(record.room_id.as_str())
+            .s(alias.as_str())
+            .build(),
+    );
     server.db.commit(batch)
 }
 
@@ -48,6 +76,10 @@ pub fn local_aliases(server: &Server, room_id: &RoomId) -> Result<Vec<OwnedRoomA
         .maps
         .roomid_alias
         .scan_prefix(prefix)
-        .filter_map(|(key, _)| std::str::from_utf8(&key[plen..]).ok().and_then(|s| OwnedRoomAliasId::try_from(s).ok()))
+        .filter_map(|(key, _)| {
+            std::str::from_utf8(&key[plen..])
+                .ok()
+                .and_then(|s| OwnedRoomAliasId::try_from(s).ok())
+        })
         .collect())
 }

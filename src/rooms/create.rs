@@ -13,7 +13,10 @@ use super::{
     timeline::{self, NewEvent},
     version,
 };
-use crate::{error::{Error, Result}, server::Server};
+use crate::{
+    error::{Error, Result},
+    server::Server,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
@@ -38,15 +41,27 @@ pub struct CreateRoom {
     pub power_level_override: Option<Map<String, Value>>,
 }
 
-pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) -> Result<OwnedRoomId> {
-    let room_version = params.room_version.clone().unwrap_or_else(|| server.config.default_room_version.clone());
+pub async fn create_room(
+    server: &Server,
+    creator: &UserId,
+    params: CreateRoom,
+) -> Result<OwnedRoomId> {
+    let room_version = params
+        .room_version
+        .clone()
+        .unwrap_or_else(|| server.config.default_room_version.clone());
     let rules = version::rules(&room_version)?;
-    let preset = params.preset.unwrap_or(if params.public { Preset::PublicChat } else { Preset::PrivateChat });
+    let preset = params.preset.unwrap_or(if params.public {
+        Preset::PublicChat
+    } else {
+        Preset::PrivateChat
+    });
 
     let alias = match &params.alias_localpart {
         Some(localpart) => {
-            let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", server.server_name()))
-                .map_err(|_| Error::invalid_param("Invalid room_alias_name"))?;
+            let alias =
+                OwnedRoomAliasId::try_from(format!("#{localpart}:{}", server.server_name()))
+                    .map_err(|_| Error::invalid_param("Invalid room_alias_name"))?;
             if localpart.contains(':') || localpart.is_empty() {
                 return Err(Error::invalid_param("Invalid room_alias_name"));
             }
@@ -59,7 +74,9 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
     };
     for user in &params.invite {
         if !server.is_local(user.server_name()) {
-            return Err(Error::forbidden("Inviting users of other servers needs federation, which is not supported yet"));
+            return Err(Error::forbidden(
+                "Inviting users of other servers needs federation, which is not supported yet",
+            ));
         }
     }
 
@@ -71,13 +88,20 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
     } else {
         create_content.insert("creator".into(), json!(creator));
     }
-    let trusted_invitees: Vec<OwnedUserId> =
-        if preset == Preset::TrustedPrivateChat { params.invite.clone() } else { vec![] };
+    let trusted_invitees: Vec<OwnedUserId> = if preset == Preset::TrustedPrivateChat {
+        params.invite.clone()
+    } else {
+        vec![]
+    };
     if rules.authorization.additional_room_creators {
         let mut additional: BTreeSet<String> = create_content
             .get("additional_creators")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         // Since v12, the trusted_private_chat preset makes the invitees creators too.
         additional.extend(trusted_invitees.iter().map(|u| u.to_string()));
@@ -90,7 +114,11 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
     } else {
         create_content.remove("additional_creators");
     }
-    let create_event = NewEvent::state(TimelineEventType::RoomCreate, "", Value::Object(create_content));
+    let create_event = NewEvent::state(
+        TimelineEventType::RoomCreate,
+        "",
+        Value::Object(create_content),
+    );
 
     let room_id = if rules.authorization.room_create_event_id_as_room_id {
         None
@@ -98,7 +126,15 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
         Some(RoomId::new_v1(server.server_name()))
     };
     let empty = super::state::StateMap::new();
-    let create_pdu = timeline::build(server, room_id.as_deref(), &room_version, &rules, &empty, creator, &create_event)?;
+    let create_pdu = timeline::build(
+        server,
+        room_id.as_deref(),
+        &room_version,
+        &rules,
+        &empty,
+        creator,
+        &create_event,
+    )?;
     let room_id = create_pdu.room_id.clone();
     let _lock = server.rooms.lock(&room_id).await;
     if server.rooms.exists(&server.maps, &room_id)? {
@@ -119,7 +155,11 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
     if let Some(avatar) = profile.avatar_url {
         member.insert("avatar_url".into(), json!(avatar));
     }
-    send(NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), Value::Object(member)))?;
+    send(NewEvent::state(
+        TimelineEventType::RoomMember,
+        creator.as_str(),
+        Value::Object(member),
+    ))?;
 
     // 3. Power levels.
     let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
@@ -157,12 +197,20 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
             power.insert(key.clone(), value.clone());
         }
     }
-    send(NewEvent::state(TimelineEventType::RoomPowerLevels, "", power))?;
+    send(NewEvent::state(
+        TimelineEventType::RoomPowerLevels,
+        "",
+        power,
+    ))?;
 
     // 4. Canonical alias.
     if let Some(alias) = &alias {
         alias::create(server, alias, &room_id, creator)?;
-        send(NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", json!({ "alias": alias })))?;
+        send(NewEvent::state(
+            TimelineEventType::RoomCanonicalAlias,
+            "",
+            json!({ "alias": alias }),
+        ))?;
     }
 
     // 5. Preset.
@@ -170,12 +218,21 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
         Preset::PublicChat => ("public", "forbidden"),
         _ => ("invite", "can_join"),
     };
-    let overridden: BTreeSet<(String, String)> =
-        params.initial_state.iter().map(|(t, k, _)| (t.clone(), k.clone())).collect();
+    let overridden: BTreeSet<(String, String)> = params
+        .initial_state
+        .iter()
+        .map(|(t, k, _)| (t.clone(), k.clone()))
+        .collect();
     let preset_events = [
         ("m.room.join_rules", json!({ "join_rule": join_rule })),
-        ("m.room.history_visibility", json!({ "history_visibility": "shared" })),
-        ("m.room.guest_access", json!({ "guest_access": guest_access })),
+        (
+            "m.room.history_visibility",
+            json!({ "history_visibility": "shared" }),
+        ),
+        (
+            "m.room.guest_access",
+            json!({ "guest_access": guest_access }),
+        ),
     ];
     for (kind, content) in preset_events {
         if !overridden.contains(&(kind.to_owned(), String::new())) {
@@ -188,19 +245,34 @@ pub async fn create_room(server: &Server, creator: &UserId, params: CreateRoom) 
         if kind == "m.room.create" || kind == "m.room.member" {
             continue;
         }
-        send(NewEvent::state(kind.as_str(), state_key.clone(), content.clone()))?;
+        send(NewEvent::state(
+            kind.as_str(),
+            state_key.clone(),
+            content.clone(),
+        ))?;
     }
 
     // 7. Name and topic.
     if let Some(name) = &params.name {
-        send(NewEvent::state(TimelineEventType::RoomName, "", json!({ "name": name })))?;
+        send(NewEvent::state(
+            TimelineEventType::RoomName,
+            "",
+            json!({ "name": name }),
+        ))?;
     }
     if let Some(topic) = &params.topic {
-        send(NewEvent::state(TimelineEventType::RoomTopic, "", topic_content(topic)))?;
+        send(NewEvent::state(
+            TimelineEventType::RoomTopic,
+            "",
+            topic_content(topic),
+        ))?;
     }
 
     if params.public {
-        server.maps.roomid_published.put(&server.db, room_id.as_bytes(), b"")?;
+        server
+            .maps
+            .roomid_published
+            .put(&server.db, room_id.as_bytes(), b"")?;
     }
     drop(_lock);
 
@@ -218,7 +290,12 @@ pub fn topic_content(topic: &str) -> Value {
 
 /// Upgrades a room: a new room of `new_version` that copies the important state, then a
 /// tombstone in the old room and restricted power levels there.
-pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_version: RoomVersionId) -> Result<OwnedRoomId> {
+pub async fn upgrade(
+    server: &Server,
+    old_room: &RoomId,
+    user: &UserId,
+    new_version: RoomVersionId,
+) -> Result<OwnedRoomId> {
     let rules = version::rules(&new_version)?;
     let maps = &server.maps;
     super::membership::require_joined(server, old_room, user)?;
@@ -227,7 +304,10 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
     power.require(user, required, "upgrade this room")?;
 
     let state_of = |kind: StateEventType| -> Result<Option<Value>> {
-        Ok(server.rooms.current_state_event(maps, old_room, &kind, "")?.map(|pdu| pdu.content_value()))
+        Ok(server
+            .rooms
+            .current_state_event(maps, old_room, &kind, "")?
+            .map(|pdu| pdu.content_value()))
     };
     let old_create = state_of(StateEventType::RoomCreate)?.unwrap_or_default();
     let old_version = server.rooms.version(maps, old_room)?;
@@ -241,10 +321,10 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
     }
     let last_event = server.rooms.timeline_desc(maps, old_room, 0, u64::MAX, 1)?;
     let mut predecessor = json!({ "room_id": old_room });
-    if !rules.authorization.room_create_event_id_as_room_id {
-        if let Some((_, pdu)) = last_event.first() {
-            predecessor["event_id"] = json!(pdu.event_id);
-        }
+    if !rules.authorization.room_create_event_id_as_room_id
+        && let Some((_, pdu)) = last_event.first()
+    {
+        predecessor["event_id"] = json!(pdu.event_id);
     }
     creation_content.insert("predecessor".into(), predecessor);
 
@@ -264,7 +344,8 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
         }
     }
     // Keep the old power levels, minus the creators' entries that v12 forbids.
-    let mut power_override = state_of(StateEventType::RoomPowerLevels)?.and_then(|v| v.as_object().cloned());
+    let mut power_override =
+        state_of(StateEventType::RoomPowerLevels)?.and_then(|v| v.as_object().cloned());
     if let Some(levels) = power_override.as_mut() {
         if rules.authorization.explicitly_privilege_room_creators {
             if let Some(users) = levels.get_mut("users").and_then(Value::as_object_mut) {
@@ -274,12 +355,13 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
             users.insert(user.to_string(), json!(100));
         }
     }
-    if old_rules.authorization.explicitly_privilege_room_creators && !rules.authorization.explicitly_privilege_room_creators {
-        if let Some(levels) = power_override.as_mut() {
-            let users = levels.entry("users").or_insert_with(|| json!({}));
-            if let Some(users) = users.as_object_mut() {
-                users.insert(user.to_string(), json!(100));
-            }
+    if old_rules.authorization.explicitly_privilege_room_creators
+        && !rules.authorization.explicitly_privilege_room_creators
+        && let Some(levels) = power_override.as_mut()
+    {
+        let users = levels.entry("users").or_insert_with(|| json!({}));
+        if let Some(users) = users.as_object_mut() {
+            users.insert(user.to_string(), json!(100));
         }
     }
 
@@ -303,24 +385,54 @@ pub async fn upgrade(server: &Server, old_room: &RoomId, user: &UserId, new_vers
             alias::delete(server, &alias_id)?;
             alias::create(server, &alias_id, &new_room, user)?;
         }
-        timeline::send(server, &new_room, user, NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", canonical), None).await?;
+        timeline::send(
+            server,
+            &new_room,
+            user,
+            NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", canonical),
+            None,
+        )
+        .await?;
     }
 
     let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
-    timeline::send(server, old_room, user, NewEvent::state(TimelineEventType::RoomTombstone, "", tombstone), None).await?;
+    timeline::send(
+        server,
+        old_room,
+        user,
+        NewEvent::state(TimelineEventType::RoomTombstone, "", tombstone),
+        None,
+    )
+    .await?;
 
     // Stop conversation in the old room: raise events_default and invite above users_default.
     if let Some(mut levels) = state_of(StateEventType::RoomPowerLevels)? {
-        let users_default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+        let users_default = levels
+            .get("users_default")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let restricted = 50.max(users_default.saturating_add(1));
         levels["events_default"] = json!(restricted);
         levels["invite"] = json!(restricted);
         // Best effort: the upgrading user may lack the power to change power levels.
-        let _ = timeline::send(server, old_room, user, NewEvent::state(TimelineEventType::RoomPowerLevels, "", levels), None).await;
+        let _ = timeline::send(
+            server,
+            old_room,
+            user,
+            NewEvent::state(TimelineEventType::RoomPowerLevels, "", levels),
+            None,
+        )
+        .await;
     }
     if server.maps.roomid_published.contains(old_room.as_bytes())? {
-        server.maps.roomid_published.delete(&server.db, old_room.as_bytes())?;
-        server.maps.roomid_published.put(&server.db, new_room.as_bytes(), b"")?;
+        server
+            .maps
+            .roomid_published
+            .delete(&server.db, old_room.as_bytes())?;
+        server
+            .maps
+            .roomid_published
+            .put(&server.db, new_room.as_bytes(), b"")?;
     }
     Ok(new_room)
 }

@@ -1,14 +1,28 @@
 //! Membership changes a local user asks for: join, leave, invite, kick, ban, unban, knock.
 //! The auth rules decide; this module builds the right `m.room.member` content first.
 
-use ruma::{OwnedUserId, RoomId, UserId, events::{StateEventType, TimelineEventType}};
+use ruma::{
+    OwnedUserId, RoomId, UserId,
+    events::{StateEventType, TimelineEventType},
+};
 use serde_json::{Map, Value, json};
 
-use super::{pdu::PduRef, power::PowerLevels, timeline::{self, NewEvent}};
-use crate::{error::{Error, Result}, server::Server};
+use super::{
+    pdu::PduRef,
+    power::PowerLevels,
+    timeline::{self, NewEvent},
+};
+use crate::{
+    error::{Error, Result},
+    server::Server,
+};
 
 fn member_event(target: &UserId, content: Map<String, Value>) -> NewEvent {
-    NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content))
+    NewEvent::state(
+        TimelineEventType::RoomMember,
+        target.as_str(),
+        Value::Object(content),
+    )
 }
 
 fn base_content(membership: &str, reason: Option<&str>) -> Map<String, Value> {
@@ -21,7 +35,11 @@ fn base_content(membership: &str, reason: Option<&str>) -> Map<String, Value> {
 }
 
 /// Adds the user's profile (displayname, avatar_url) to a member event's content.
-fn with_profile(server: &Server, user: &UserId, mut content: Map<String, Value>) -> Result<Map<String, Value>> {
+fn with_profile(
+    server: &Server,
+    user: &UserId,
+    mut content: Map<String, Value>,
+) -> Result<Map<String, Value>> {
     let profile = server.users.profile(&server.maps, user)?;
     if let Some(name) = profile.displayname {
         content.insert("displayname".into(), json!(name));
@@ -33,54 +51,83 @@ fn with_profile(server: &Server, user: &UserId, mut content: Map<String, Value>)
 }
 
 /// Joins a room this server knows. Joining a room only known over federation is issue 5.
-pub async fn join(server: &Server, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<PduRef> {
+pub async fn join(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<PduRef> {
     if !server.rooms.exists(&server.maps, room_id)? {
-        return Err(Error::not_found("This server does not know the room (joining over federation is not supported yet)"));
+        return Err(Error::not_found(
+            "This server does not know the room (joining over federation is not supported yet)",
+        ));
     }
     let _lock = server.rooms.lock(room_id).await;
     let current = server.rooms.membership(&server.maps, room_id, user)?;
     if let Some(current) = &current {
-        if current.membership == "join" {
-            if let Some(pdu) = server.rooms.pdu(&server.maps, &current.event_id)? {
-                return Ok(pdu);
-            }
+        if current.membership == "join"
+            && let Some(pdu) = server.rooms.pdu(&server.maps, &current.event_id)?
+        {
+            return Ok(pdu);
         }
         if current.membership == "ban" {
             return Err(Error::forbidden("You are banned from this room"));
         }
     }
     let mut content = with_profile(server, user, base_content("join", reason))?;
-    if current.as_ref().is_none_or(|m| m.membership != "invite") {
-        if let Some(authoriser) = restricted_join_authoriser(server, room_id, user)? {
-            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
-        }
+    if current.as_ref().is_none_or(|m| m.membership != "invite")
+        && let Some(authoriser) = restricted_join_authoriser(server, room_id, user)?
+    {
+        content.insert("join_authorised_via_users_server".into(), json!(authoriser));
     }
     timeline::send_locked(server, room_id, user, member_event(user, content), None)
 }
 
 /// For `restricted` rooms: a local member able to invite, if the user is in an allowed room.
 /// `Ok(None)` when the rule does not apply (the auth rules then decide).
-fn restricted_join_authoriser(server: &Server, room_id: &RoomId, user: &UserId) -> Result<Option<OwnedUserId>> {
+fn restricted_join_authoriser(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<OwnedUserId>> {
     let maps = &server.maps;
-    let Some(rules) = server.rooms.current_state_event(maps, room_id, &StateEventType::RoomJoinRules, "")? else {
+    let Some(rules) =
+        server
+            .rooms
+            .current_state_event(maps, room_id, &StateEventType::RoomJoinRules, "")?
+    else {
         return Ok(None);
     };
     let content = rules.content_value();
-    let join_rule = content.get("join_rule").and_then(Value::as_str).unwrap_or_default();
+    let join_rule = content
+        .get("join_rule")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if join_rule != "restricted" && join_rule != "knock_restricted" {
         return Ok(None);
     }
-    let allowed = content.get("allow").and_then(Value::as_array).cloned().unwrap_or_default();
+    let allowed = content
+        .get("allow")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let in_allowed_room = allowed.iter().any(|entry| {
         entry.get("type").and_then(Value::as_str) == Some("m.room_membership")
             && entry
                 .get("room_id")
                 .and_then(Value::as_str)
                 .and_then(|id| <&RoomId>::try_from(id).ok())
-                .is_some_and(|allowed_room| server.rooms.is_joined(maps, allowed_room, user).unwrap_or(false))
+                .is_some_and(|allowed_room| {
+                    server
+                        .rooms
+                        .is_joined(maps, allowed_room, user)
+                        .unwrap_or(false)
+                })
     });
     if !in_allowed_room {
-        return Err(Error::forbidden("You are not invited to this room and not a member of a room that grants access"));
+        return Err(Error::forbidden(
+            "You are not invited to this room and not a member of a room that grants access",
+        ));
     }
     let power = PowerLevels::current(server, room_id)?;
     let authoriser = server
@@ -92,11 +139,18 @@ fn restricted_join_authoriser(server: &Server, room_id: &RoomId, user: &UserId) 
         .map(|(member, _)| member);
     match authoriser {
         Some(authoriser) => Ok(Some(authoriser)),
-        None => Err(Error::forbidden("No member of this server can authorise your join")),
+        None => Err(Error::forbidden(
+            "No member of this server can authorise your join",
+        )),
     }
 }
 
-pub async fn leave(server: &Server, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+pub async fn leave(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<()> {
     if !server.rooms.exists(&server.maps, room_id)? {
         return Err(Error::not_found("Unknown room"));
     }
@@ -106,22 +160,41 @@ pub async fn leave(server: &Server, room_id: &RoomId, user: &UserId, reason: Opt
         // Leaving a room one is not in is a no-op, as in Synapse.
         _ => return Ok(()),
     }
-    timeline::send_locked(server, room_id, user, member_event(user, base_content("leave", reason)), None)?;
+    timeline::send_locked(
+        server,
+        room_id,
+        user,
+        member_event(user, base_content("leave", reason)),
+        None,
+    )?;
     Ok(())
 }
 
-pub async fn invite(server: &Server, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<()> {
+pub async fn invite(
+    server: &Server,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<()> {
     let _lock = server.rooms.lock(room_id).await;
     require_joined(server, room_id, sender)?;
     if let Some(m) = server.rooms.membership(&server.maps, room_id, target)? {
         match m.membership.as_str() {
             "join" => return Err(Error::forbidden(format!("{target} is already in the room"))),
-            "ban" => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            "ban" => {
+                return Err(Error::forbidden(format!(
+                    "{target} is banned from the room"
+                )));
+            }
             _ => {}
         }
     }
     if !server.is_local(target.server_name()) {
-        return Err(Error::forbidden("Inviting users of other servers needs federation, which is not supported yet"));
+        return Err(Error::forbidden(
+            "Inviting users of other servers needs federation, which is not supported yet",
+        ));
     }
     if !server.users.exists(&server.maps, target)? {
         return Err(Error::not_found(format!("User {target} does not exist")));
@@ -135,7 +208,14 @@ pub async fn invite(server: &Server, room_id: &RoomId, sender: &UserId, target: 
 }
 
 /// Kick (`leave`), ban or unban (`leave` from `ban`) another user.
-pub async fn moderate(server: &Server, room_id: &RoomId, sender: &UserId, target: &UserId, action: Moderation, reason: Option<&str>) -> Result<()> {
+pub async fn moderate(
+    server: &Server,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    action: Moderation,
+    reason: Option<&str>,
+) -> Result<()> {
     let _lock = server.rooms.lock(room_id).await;
     require_joined(server, room_id, sender)?;
     let current = server.rooms.membership(&server.maps, room_id, target)?;
@@ -157,7 +237,8 @@ pub async fn moderate(server: &Server, room_id: &RoomId, sender: &UserId, target
     };
     let mut content = base_content(new_membership, reason);
     if new_membership == "ban" {
-        content = with_profile(server, target, content).unwrap_or_else(|_| base_content("ban", reason));
+        content =
+            with_profile(server, target, content).unwrap_or_else(|_| base_content("ban", reason));
     }
     timeline::send_locked(server, room_id, sender, member_event(target, content), None)?;
     Ok(())
@@ -170,9 +251,16 @@ pub enum Moderation {
     Unban,
 }
 
-pub async fn knock(server: &Server, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+pub async fn knock(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<()> {
     if !server.rooms.exists(&server.maps, room_id)? {
-        return Err(Error::not_found("This server does not know the room (knocking over federation is not supported yet)"));
+        return Err(Error::not_found(
+            "This server does not know the room (knocking over federation is not supported yet)",
+        ));
     }
     let _lock = server.rooms.lock(room_id).await;
     if let Some(m) = server.rooms.membership(&server.maps, room_id, user)? {

@@ -90,12 +90,18 @@ impl Rooms {
 
     /// The lock that serialises appends to one room (its DAG is extended one event at a time).
     pub async fn lock(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
-        let mutex = self.locks.lock().entry(room_id.to_owned()).or_default().clone();
+        let mutex = self
+            .locks
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone();
         mutex.lock_owned().await
     }
 
     pub fn exists(&self, maps: &Maps, room_id: &RoomId) -> Result<bool> {
-        Ok(self.versions.lock().contains_key(room_id) || maps.roomid_meta.contains(room_id.as_bytes())?)
+        Ok(self.versions.lock().contains_key(room_id)
+            || maps.roomid_meta.contains(room_id.as_bytes())?)
     }
 
     pub fn meta(&self, maps: &Maps, room_id: &RoomId) -> Result<Option<RoomMeta>> {
@@ -110,8 +116,12 @@ impl Rooms {
         if let Some(version) = self.versions.lock().get(room_id) {
             return Ok(version.clone());
         }
-        let meta = self.meta(maps, room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        self.versions.lock().insert(room_id.to_owned(), meta.room_version.clone());
+        let meta = self
+            .meta(maps, room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.versions
+            .lock()
+            .insert(room_id.to_owned(), meta.room_version.clone());
         Ok(meta.room_version)
     }
 
@@ -119,7 +129,9 @@ impl Rooms {
         if let Some(found) = self.pdus.lock().get(event_id) {
             return Ok(Some(found.clone()));
         }
-        let Some(raw) = maps.eventid_pdu.get(event_id.as_bytes())? else { return Ok(None) };
+        let Some(raw) = maps.eventid_pdu.get(event_id.as_bytes())? else {
+            return Ok(None);
+        };
         let json: ruma::CanonicalJsonObject = serde_json::from_slice(&raw)?;
         let pdu = Arc::new(Pdu::from_json(event_id.to_owned(), json)?);
         self.pdus.lock().put(event_id.to_owned(), pdu.clone());
@@ -130,7 +142,9 @@ impl Rooms {
         if let Some(found) = self.metas.lock().get(event_id) {
             return Ok(Some(found.clone()));
         }
-        let Some(raw) = maps.eventid_meta.get(event_id.as_bytes())? else { return Ok(None) };
+        let Some(raw) = maps.eventid_meta.get(event_id.as_bytes())? else {
+            return Ok(None);
+        };
         let meta: Arc<EventMeta> = Arc::new(serde_json::from_slice(&raw)?);
         self.metas.lock().put(event_id.to_owned(), meta.clone());
         Ok(Some(meta))
@@ -163,8 +177,12 @@ impl Rooms {
         kind: &StateEventType,
         state_key: &str,
     ) -> Result<Option<PduRef>> {
-        let Some(short_key) = self.state.statekey_short(maps, kind, state_key)? else { return Ok(None) };
-        let Some(short_event) = state.get(&short_key) else { return Ok(None) };
+        let Some(short_key) = self.state.statekey_short(maps, kind, state_key)? else {
+            return Ok(None);
+        };
+        let Some(short_event) = state.get(&short_key) else {
+            return Ok(None);
+        };
         let event_id = self.state.event_id_of(maps, *short_event)?;
         self.pdu(maps, &event_id)
     }
@@ -193,7 +211,12 @@ impl Rooms {
         Ok(events)
     }
 
-    pub fn membership(&self, maps: &Maps, room_id: &RoomId, user_id: &UserId) -> Result<Option<Membership>> {
+    pub fn membership(
+        &self,
+        maps: &Maps,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<Membership>> {
         let key = Key::new().s(room_id.as_str()).s(user_id.as_str()).build();
         match maps.roomuserid_membership.get(key)? {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
@@ -202,7 +225,9 @@ impl Rooms {
     }
 
     pub fn is_joined(&self, maps: &Maps, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
-        Ok(self.membership(maps, room_id, user_id)?.is_some_and(|m| m.membership == "join"))
+        Ok(self
+            .membership(maps, room_id, user_id)?
+            .is_some_and(|m| m.membership == "join"))
     }
 
     /// Every user with a membership record in the room, with that record.
@@ -222,7 +247,11 @@ impl Rooms {
     }
 
     /// The rooms of a user with their membership records.
-    pub fn rooms_of(&self, maps: &Maps, user_id: &UserId) -> Result<Vec<(OwnedRoomId, Membership)>> {
+    pub fn rooms_of(
+        &self,
+        maps: &Maps,
+        user_id: &UserId,
+    ) -> Result<Vec<(OwnedRoomId, Membership)>> {
         let prefix = Key::new().s(user_id.as_str()).prefix();
         let plen = prefix.len();
         maps.userroomid_membership
@@ -238,7 +267,11 @@ impl Rooms {
     }
 
     /// Local users to wake for a new event: joined and invited (cached per room).
-    pub fn local_interested(&self, server: &crate::server::Server, room_id: &RoomId) -> Result<Arc<Vec<OwnedUserId>>> {
+    pub fn local_interested(
+        &self,
+        server: &crate::server::Server,
+        room_id: &RoomId,
+    ) -> Result<Arc<Vec<OwnedUserId>>> {
         if let Some(found) = self.local_members.lock().get(room_id) {
             return Ok(found.clone());
         }
@@ -246,12 +279,15 @@ impl Rooms {
             .members(&server.maps, room_id)?
             .into_iter()
             .filter(|(user, m)| {
-                server.is_local(user.server_name()) && matches!(m.membership.as_str(), "join" | "invite" | "knock")
+                server.is_local(user.server_name())
+                    && matches!(m.membership.as_str(), "join" | "invite" | "knock")
             })
             .map(|(user, _)| user)
             .collect();
         let users = Arc::new(users);
-        self.local_members.lock().insert(room_id.to_owned(), users.clone());
+        self.local_members
+            .lock()
+            .insert(room_id.to_owned(), users.clone());
         Ok(users)
     }
 
@@ -281,7 +317,9 @@ impl Rooms {
         let start = Key::new().s(room_id.as_str()).n(to_inclusive).build();
         let mut out = Vec::new();
         for (key, value) in maps.roomcount_eventid.scan_from(prefix, start, false) {
-            let Some(count) = crate::storage::keys::tail_u64(&key) else { continue };
+            let Some(count) = crate::storage::keys::tail_u64(&key) else {
+                continue;
+            };
             if count <= from_exclusive || out.len() >= limit {
                 break;
             }
@@ -306,7 +344,9 @@ impl Rooms {
         let start = Key::new().s(room_id.as_str()).n(from_inclusive).build();
         let mut out = Vec::new();
         for (key, value) in maps.roomcount_eventid.scan_from(prefix, start, true) {
-            let Some(count) = crate::storage::keys::tail_u64(&key) else { continue };
+            let Some(count) = crate::storage::keys::tail_u64(&key) else {
+                continue;
+            };
             if count >= to_exclusive || out.len() >= limit {
                 break;
             }
@@ -321,7 +361,9 @@ impl Rooms {
     /// The state group in effect at stream position `count` (after every event `<= count`).
     pub fn group_at(&self, maps: &Maps, room_id: &RoomId, count: u64) -> Result<GroupId> {
         match self.timeline_desc(maps, room_id, 0, count, 1)?.first() {
-            Some((_, pdu)) => Ok(self.event_meta(maps, &pdu.event_id)?.map_or(0, |m| m.state_after)),
+            Some((_, pdu)) => Ok(self
+                .event_meta(maps, &pdu.event_id)?
+                .map_or(0, |m| m.state_after)),
             None => Ok(0),
         }
     }

@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, UserId,
-    events::TimelineEventType,
+    OwnedUserId, RoomId, UserId, events::TimelineEventType,
 };
 use serde_json::{Map, Value, value::RawValue};
 
@@ -41,7 +40,9 @@ impl Pdu {
                 Some(CanonicalJsonValue::Array(items)) => items
                     .iter()
                     .map(|item| match item {
-                        CanonicalJsonValue::String(s) => OwnedEventId::try_from(s.as_str()).map_err(bad),
+                        CanonicalJsonValue::String(s) => {
+                            OwnedEventId::try_from(s.as_str()).map_err(bad)
+                        }
                         // Room versions 1 and 2 reference events as [id, hashes].
                         CanonicalJsonValue::Array(pair) => pair
                             .first()
@@ -54,18 +55,24 @@ impl Pdu {
                 Some(_) => Err(Error::bad_json(format!("{name} must be an array"))),
             }
         };
-        let kind: TimelineEventType =
-            str_field("type").ok_or_else(|| Error::bad_json("PDU without type"))?.into();
+        let kind: TimelineEventType = str_field("type")
+            .ok_or_else(|| Error::bad_json("PDU without type"))?
+            .into();
         let (room_id, room_id_implied) = match str_field("room_id") {
             Some(room_id) => (OwnedRoomId::try_from(room_id).map_err(bad)?, false),
             None if kind == TimelineEventType::RoomCreate => {
                 // Room version 12: the room id is the create event's id with `!` for `$`.
-                (OwnedRoomId::try_from(format!("!{}", event_id.localpart())).map_err(bad)?, true)
+                (
+                    OwnedRoomId::try_from(format!("!{}", event_id.localpart())).map_err(bad)?,
+                    true,
+                )
             }
             None => return Err(Error::bad_json("PDU without room_id")),
         };
-        let sender = OwnedUserId::try_from(str_field("sender").ok_or_else(|| Error::bad_json("PDU without sender"))?)
-            .map_err(bad)?;
+        let sender = OwnedUserId::try_from(
+            str_field("sender").ok_or_else(|| Error::bad_json("PDU without sender"))?,
+        )
+        .map_err(bad)?;
         let origin_server_ts = match json.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(ts)) => {
                 MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(i64::from(*ts)).unwrap_or_default())
@@ -76,7 +83,10 @@ impl Pdu {
             Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
             _ => 0,
         };
-        let content_value = json.get("content").cloned().unwrap_or(CanonicalJsonValue::Object(Default::default()));
+        let content_value = json
+            .get("content")
+            .cloned()
+            .unwrap_or(CanonicalJsonValue::Object(Default::default()));
         let content = serde_json::value::to_raw_value(&content_value)?;
         let state_key = str_field("state_key").map(str::to_owned);
         let redacts = match str_field("redacts") {
@@ -124,11 +134,15 @@ impl Pdu {
     }
 
     pub fn membership(&self) -> Option<String> {
-        (self.kind == TimelineEventType::RoomMember).then(|| self.content_str("membership")).flatten()
+        (self.kind == TimelineEventType::RoomMember)
+            .then(|| self.content_str("membership"))
+            .flatten()
     }
 
     pub fn state_user(&self) -> Option<&UserId> {
-        self.state_key.as_deref().and_then(|key| <&UserId>::try_from(key).ok())
+        self.state_key
+            .as_deref()
+            .and_then(|key| <&UserId>::try_from(key).ok())
     }
 
     /// The event as a client sees it (the spec's ClientEvent), without `unsigned`.
@@ -137,7 +151,10 @@ impl Pdu {
         out.insert("type".into(), Value::String(self.kind.to_string()));
         out.insert("content".into(), self.content_value());
         out.insert("sender".into(), Value::String(self.sender.to_string()));
-        out.insert("origin_server_ts".into(), Value::from(u64::from(self.origin_server_ts.0)));
+        out.insert(
+            "origin_server_ts".into(),
+            Value::from(u64::from(self.origin_server_ts.0)),
+        );
         out.insert("event_id".into(), Value::String(self.event_id.to_string()));
         if with_room_id {
             out.insert("room_id".into(), Value::String(self.room_id.to_string()));
@@ -158,7 +175,9 @@ impl Pdu {
     }
 
     pub fn unsigned(&self) -> Option<&CanonicalJsonObject> {
-        self.json.get("unsigned").and_then(CanonicalJsonValue::as_object)
+        self.json
+            .get("unsigned")
+            .and_then(CanonicalJsonValue::as_object)
     }
 }
 

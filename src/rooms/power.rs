@@ -1,10 +1,17 @@
 //! Power levels as the API layer needs them (the auth rules enforce them again on every event).
 
-use ruma::{Int, RoomId, UserId, events::{StateEventType, TimelineEventType}, room_version_rules::AuthorizationRules};
 use ruma::state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent};
+use ruma::{
+    Int, RoomId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::AuthorizationRules,
+};
 
 use super::{pdu::PduRef, state::StateMap};
-use crate::{error::{Error, Result}, server::Server};
+use crate::{
+    error::{Error, Result},
+    server::Server,
+};
 
 /// A room's power levels at some state, with the creators (who outrank everyone since v12).
 pub struct PowerLevels {
@@ -22,12 +29,20 @@ impl PowerLevels {
             .rooms
             .state_event(maps, state, &StateEventType::RoomPowerLevels, "")?
             .map(RoomPowerLevelsEvent::new);
-        let create = server.rooms.state_event(maps, state, &StateEventType::RoomCreate, "")?;
+        let create = server
+            .rooms
+            .state_event(maps, state, &StateEventType::RoomCreate, "")?;
         let creators = match create {
-            Some(create) => RoomCreateEvent::new(create).creators(&rules).unwrap_or_default(),
+            Some(create) => RoomCreateEvent::new(create)
+                .creators(&rules)
+                .unwrap_or_default(),
             None => Default::default(),
         };
-        Ok(Self { levels, creators, rules })
+        Ok(Self {
+            levels,
+            creators,
+            rules,
+        })
     }
 
     pub fn current(server: &Server, room_id: &RoomId) -> Result<Self> {
@@ -42,7 +57,9 @@ impl PowerLevels {
             return None;
         }
         Some(match &self.levels {
-            Some(levels) => levels.user_power_level(user, &self.rules).unwrap_or_default(),
+            Some(levels) => levels
+                .user_power_level(user, &self.rules)
+                .unwrap_or_default(),
             // Without a power levels event the creators have 100 and everyone else 0.
             None if self.creators.contains(user) => Int::from(100),
             None => Int::from(0),
@@ -50,11 +67,18 @@ impl PowerLevels {
     }
 
     fn field(&self, name: &str, default: i32) -> Int {
-        let Some(levels) = &self.levels else { return Int::from(default) };
-        let content: serde_json::Value = serde_json::from_str(ruma::state_res::Event::content(&**levels).get()).unwrap_or_default();
+        let Some(levels) = &self.levels else {
+            return Int::from(default);
+        };
+        let content: serde_json::Value =
+            serde_json::from_str(ruma::state_res::Event::content(&**levels).get())
+                .unwrap_or_default();
         content
             .get(name)
-            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .and_then(|v| Int::try_from(v).ok())
             .unwrap_or(Int::from(default))
     }
@@ -94,7 +118,9 @@ impl PowerLevels {
         if self.has(user, required) {
             Ok(())
         } else {
-            Err(Error::forbidden(format!("You don't have permission to {action}")))
+            Err(Error::forbidden(format!(
+                "You don't have permission to {action}"
+            )))
         }
     }
 }

@@ -46,7 +46,12 @@ struct Diff {
 
 impl StateStore {
     pub fn new(maps: &Maps, cache_entries: usize) -> Result<Self> {
-        let next = maps.global.get(b"short_counter")?.as_deref().and_then(keys::u64_from).unwrap_or(0);
+        let next = maps
+            .global
+            .get(b"short_counter")?
+            .as_deref()
+            .and_then(keys::u64_from)
+            .unwrap_or(0);
         let cap = |n: usize| NonZeroUsize::new(n.max(16)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             groups: Mutex::new(LruCache::new(cap(cache_entries))),
@@ -60,19 +65,30 @@ impl StateStore {
 
     /// A fresh short id (for events and groups); persisted by raising `short_counter` in `batch`.
     pub fn allocate_short(&self, maps: &Maps, batch: &mut Batch) -> u64 {
-        let id = self.next_short.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = self
+            .next_short
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         batch.raise(&maps.global, b"short_counter", id);
         id
     }
 
     /// The short id of a state key, if it was ever used.
-    pub fn statekey_short(&self, maps: &Maps, kind: &StateEventType, state_key: &str) -> Result<Option<ShortStateKey>> {
+    pub fn statekey_short(
+        &self,
+        maps: &Maps,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<ShortStateKey>> {
         let cache_key = (kind.clone(), state_key.to_owned());
         if let Some(short) = self.statekeys.lock().get(&cache_key) {
             return Ok(Some(*short));
         }
         let key = keys::Key::new().s(&kind.to_string()).s(state_key).build();
-        let short = maps.statekey_short.get(&key)?.as_deref().and_then(keys::u64_from);
+        let short = maps
+            .statekey_short
+            .get(&key)?
+            .as_deref()
+            .and_then(keys::u64_from);
         if let Some(short) = short {
             self.statekeys.lock().put(cache_key, short);
         }
@@ -80,7 +96,13 @@ impl StateStore {
     }
 
     /// The short id of a state key, interning it (committed immediately) if new.
-    pub fn intern_statekey(&self, db: &Db, maps: &Maps, kind: &StateEventType, state_key: &str) -> Result<ShortStateKey> {
+    pub fn intern_statekey(
+        &self,
+        db: &Db,
+        maps: &Maps,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<ShortStateKey> {
         if let Some(short) = self.statekey_short(maps, kind, state_key)? {
             return Ok(short);
         }
@@ -94,11 +116,17 @@ impl StateStore {
         batch.put(&maps.statekey_short, &key, short.to_be_bytes());
         batch.put(&maps.short_statekey, short.to_be_bytes(), &key);
         db.commit(batch)?;
-        self.statekeys.lock().put((kind.clone(), state_key.to_owned()), short);
+        self.statekeys
+            .lock()
+            .put((kind.clone(), state_key.to_owned()), short);
         Ok(short)
     }
 
-    pub fn statekey_of(&self, maps: &Maps, short: ShortStateKey) -> Result<(StateEventType, String)> {
+    pub fn statekey_of(
+        &self,
+        maps: &Maps,
+        short: ShortStateKey,
+    ) -> Result<(StateEventType, String)> {
         if let Some(found) = self.statekeys_rev.lock().get(&short) {
             return Ok(found.clone());
         }
@@ -107,24 +135,51 @@ impl StateStore {
             .get(short.to_be_bytes())?
             .ok_or_else(|| Error::internal(format_args!("unknown short state key {short}")))?;
         let mut parts = keys::split(&raw);
-        let kind = parts.next().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or_default();
-        let state_key = raw.get(kind.len() + 1..).and_then(|p| std::str::from_utf8(p).ok()).unwrap_or_default();
+        let kind = parts
+            .next()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or_default();
+        let state_key = raw
+            .get(kind.len() + 1..)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or_default();
         let found = (StateEventType::from(kind), state_key.to_owned());
         self.statekeys_rev.lock().put(short, found.clone());
         Ok(found)
     }
 
     /// Records the short id of a new event in `batch`.
-    pub fn intern_event(&self, maps: &Maps, batch: &mut Batch, event_id: &OwnedEventId) -> ShortEventId {
+    pub fn intern_event(
+        &self,
+        maps: &Maps,
+        batch: &mut Batch,
+        event_id: &OwnedEventId,
+    ) -> ShortEventId {
         let short = self.allocate_short(maps, batch);
-        batch.put(&maps.eventid_short, event_id.as_bytes(), short.to_be_bytes());
-        batch.put(&maps.short_eventid, short.to_be_bytes(), event_id.as_bytes());
+        batch.put(
+            &maps.eventid_short,
+            event_id.as_bytes(),
+            short.to_be_bytes(),
+        );
+        batch.put(
+            &maps.short_eventid,
+            short.to_be_bytes(),
+            event_id.as_bytes(),
+        );
         self.eventids.lock().put(short, event_id.clone());
         short
     }
 
-    pub fn event_short(&self, maps: &Maps, event_id: &ruma::EventId) -> Result<Option<ShortEventId>> {
-        Ok(maps.eventid_short.get(event_id.as_bytes())?.as_deref().and_then(keys::u64_from))
+    pub fn event_short(
+        &self,
+        maps: &Maps,
+        event_id: &ruma::EventId,
+    ) -> Result<Option<ShortEventId>> {
+        Ok(maps
+            .eventid_short
+            .get(event_id.as_bytes())?
+            .as_deref()
+            .and_then(keys::u64_from))
     }
 
     pub fn event_id_of(&self, maps: &Maps, short: ShortEventId) -> Result<OwnedEventId> {
@@ -196,16 +251,32 @@ impl StateStore {
                 None => map.remove(key),
             };
         }
-        let parent_depth = if parent == 0 { 0 } else { self.read_diff(maps, parent)?.depth };
+        let parent_depth = if parent == 0 {
+            0
+        } else {
+            self.read_diff(maps, parent)?.depth
+        };
         let id = self.allocate_short(maps, batch);
         let diff = if parent == 0 || parent_depth + 1 >= SNAPSHOT_EVERY {
-            Diff { parent: 0, depth: 0, added: map.iter().map(|(k, v)| (*k, *v)).collect(), removed: vec![] }
+            Diff {
+                parent: 0,
+                depth: 0,
+                added: map.iter().map(|(k, v)| (*k, *v)).collect(),
+                removed: vec![],
+            }
         } else {
             Diff {
                 parent,
                 depth: parent_depth + 1,
-                added: changes.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect(),
-                removed: changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect(),
+                added: changes
+                    .iter()
+                    .filter_map(|(k, v)| v.map(|v| (*k, v)))
+                    .collect(),
+                removed: changes
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| *k)
+                    .collect(),
             }
         };
         batch.put(&maps.stategroup_diff, id.to_be_bytes(), encode(&diff));
@@ -216,9 +287,19 @@ impl StateStore {
 
     /// Writes a group holding exactly `state` (used when state comes from resolution or
     /// federation rather than a single change).
-    pub fn store_full(&self, maps: &Maps, batch: &mut Batch, state: StateMap) -> (GroupId, Arc<StateMap>) {
+    pub fn store_full(
+        &self,
+        maps: &Maps,
+        batch: &mut Batch,
+        state: StateMap,
+    ) -> (GroupId, Arc<StateMap>) {
         let id = self.allocate_short(maps, batch);
-        let diff = Diff { parent: 0, depth: 0, added: state.iter().map(|(k, v)| (*k, *v)).collect(), removed: vec![] };
+        let diff = Diff {
+            parent: 0,
+            depth: 0,
+            added: state.iter().map(|(k, v)| (*k, *v)).collect(),
+            removed: vec![],
+        };
         batch.put(&maps.stategroup_diff, id.to_be_bytes(), encode(&diff));
         let map = Arc::new(state);
         self.groups.lock().put(id, map.clone());
@@ -272,7 +353,12 @@ fn decode(raw: &[u8]) -> Option<Diff> {
     for _ in 0..n_removed {
         removed.push(u64::from_be_bytes(take(8)?.try_into().ok()?));
     }
-    Some(Diff { parent, depth, added, removed })
+    Some(Diff {
+        parent,
+        depth,
+        added,
+        removed,
+    })
 }
 
 #[cfg(test)]
@@ -281,9 +367,17 @@ mod tests {
 
     #[test]
     fn diff_roundtrip() {
-        let diff = Diff { parent: 7, depth: 3, added: vec![(1, 2), (3, 4)], removed: vec![9] };
+        let diff = Diff {
+            parent: 7,
+            depth: 3,
+            added: vec![(1, 2), (3, 4)],
+            removed: vec![9],
+        };
         let back = decode(&encode(&diff)).expect("decodes");
-        assert_eq!((back.parent, back.depth, back.added, back.removed), (7, 3, vec![(1, 2), (3, 4)], vec![9]));
+        assert_eq!(
+            (back.parent, back.depth, back.added, back.removed),
+            (7, 3, vec![(1, 2), (3, 4)], vec![9])
+        );
         assert!(decode(&encode(&diff)[..10]).is_none());
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId,
-    OwnedRoomId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedDeviceId,
+    OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
     canonical_json::{RedactedBecause, redact},
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
@@ -13,7 +13,11 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{EventMeta, Membership, RoomMeta, pdu::{Pdu, PduRef}, state::StateMap};
+use super::{
+    EventMeta, Membership, RoomMeta,
+    pdu::{Pdu, PduRef},
+    state::StateMap,
+};
 use crate::{
     error::{Error, Result},
     server::Server,
@@ -34,12 +38,28 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, timestamp: None }
+    pub fn state(
+        kind: impl Into<TimelineEventType>,
+        state_key: impl Into<String>,
+        content: Value,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+            timestamp: None,
+        }
     }
 
     pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
-        Self { kind: kind.into(), content, state_key: None, redacts: None, timestamp: None }
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: None,
+            redacts: None,
+            timestamp: None,
+        }
     }
 }
 
@@ -51,18 +71,38 @@ pub struct Txn {
 }
 
 /// Builds, authorises and appends an event to a room, taking the room's lock.
-pub async fn send(server: &Server, room_id: &RoomId, sender: &UserId, event: NewEvent, txn: Option<Txn>) -> Result<PduRef> {
+pub async fn send(
+    server: &Server,
+    room_id: &RoomId,
+    sender: &UserId,
+    event: NewEvent,
+    txn: Option<Txn>,
+) -> Result<PduRef> {
     let _lock = server.rooms.lock(room_id).await;
     send_locked(server, room_id, sender, event, txn)
 }
 
 /// As [`send`], for a caller that already holds the room's lock.
-pub fn send_locked(server: &Server, room_id: &RoomId, sender: &UserId, event: NewEvent, txn: Option<Txn>) -> Result<PduRef> {
+pub fn send_locked(
+    server: &Server,
+    room_id: &RoomId,
+    sender: &UserId,
+    event: NewEvent,
+    txn: Option<Txn>,
+) -> Result<PduRef> {
     let version = server.rooms.version(&server.maps, room_id)?;
     let rules = super::version::rules(&version)?;
     let group = server.rooms.current_group(&server.maps, room_id)?;
     let state = server.rooms.load_state(&server.maps, group)?;
-    let pdu = build(server, Some(room_id), &version, &rules, &state, sender, &event)?;
+    let pdu = build(
+        server,
+        Some(room_id),
+        &version,
+        &rules,
+        &state,
+        sender,
+        &event,
+    )?;
     authorize(server, &rules, &pdu, &state)?;
     persist(server, &rules, pdu, group, &state, txn)
 }
@@ -105,32 +145,62 @@ pub fn build(
         None => (Vec::new(), 1),
     };
 
-    let timestamp = event.timestamp.unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
+    let timestamp = event
+        .timestamp
+        .unwrap_or_else(MilliSecondsSinceUnixEpoch::now);
     let mut object = CanonicalJsonObject::new();
     let id_list = |ids: &[OwnedEventId]| {
-        CanonicalJsonValue::Array(ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+        CanonicalJsonValue::Array(
+            ids.iter()
+                .map(|id| CanonicalJsonValue::String(id.to_string()))
+                .collect(),
+        )
     };
     object.insert("auth_events".into(), id_list(&auth_events));
     object.insert("prev_events".into(), id_list(&prev_events));
     object.insert("content".into(), to_canonical(&event.content)?);
-    object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::try_from(depth).unwrap_or(ruma::Int::MAX)));
-    object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::from(timestamp.0)));
+    object.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(ruma::Int::try_from(depth).unwrap_or(ruma::Int::MAX)),
+    );
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(ruma::Int::from(timestamp.0)),
+    );
     if let Some(room_id) = room_id {
-        object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        object.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
     }
-    object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
-    object.insert("type".into(), CanonicalJsonValue::String(event.kind.to_string()));
+    object.insert(
+        "sender".into(),
+        CanonicalJsonValue::String(sender.to_string()),
+    );
+    object.insert(
+        "type".into(),
+        CanonicalJsonValue::String(event.kind.to_string()),
+    );
     if let Some(state_key) = &event.state_key {
-        object.insert("state_key".into(), CanonicalJsonValue::String(state_key.clone()));
+        object.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(state_key.clone()),
+        );
     }
     if let Some(redacts) = &event.redacts {
         // Since v11 `redacts` lives in the content; older versions have it at the top level.
         if rules.redaction.content_field_redacts {
             if let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content") {
-                content.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+                content.insert(
+                    "redacts".into(),
+                    CanonicalJsonValue::String(redacts.to_string()),
+                );
             }
         } else {
-            object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+            object.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
         }
     }
     if !matches!(version, RoomVersionId::V1 | RoomVersionId::V2) {
@@ -142,12 +212,18 @@ pub fn build(
         // Leave room for hashes and signatures within the 64 KiB limit.
         return Err(Error::too_large("Event is too large"));
     }
-    ruma::signatures::hash_and_sign_event(server.server_name().as_str(), &server.signing_key, &mut object, &rules.redaction)
-        .map_err(|e| Error::internal(format_args!("signing: {e}")))?;
+    ruma::signatures::hash_and_sign_event(
+        server.server_name().as_str(),
+        &server.signing_key,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::internal(format_args!("signing: {e}")))?;
     if serde_json::to_vec(&object)?.len() > MAX_PDU_BYTES {
         return Err(Error::too_large("Event is too large"));
     }
-    let hash = ruma::signatures::reference_hash(&object, rules).map_err(|e| Error::too_large(e.to_string()))?;
+    let hash = ruma::signatures::reference_hash(&object, rules)
+        .map_err(|e| Error::too_large(e.to_string()))?;
     let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
     Pdu::from_json(event_id, object)
 }
@@ -174,14 +250,24 @@ fn extremities_and_depth(server: &Server, room_id: &RoomId) -> Result<(Vec<Owned
 }
 
 /// Checks the event against its room version's authorisation rules and the current state.
-pub fn authorize(server: &Server, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+pub fn authorize(
+    server: &Server,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<()> {
     let maps = &server.maps;
     state_res::check_pdu_format(&pdu.json, &rules.event_format).map_err(Error::bad_json)?;
-    let fetch_event = |id: &ruma::EventId| -> Option<PduRef> { server.rooms.pdu(maps, id).ok().flatten() };
+    let fetch_event =
+        |id: &ruma::EventId| -> Option<PduRef> { server.rooms.pdu(maps, id).ok().flatten() };
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
         .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
     let fetch_state = |kind: &StateEventType, state_key: &str| -> Option<PduRef> {
-        server.rooms.state_event(maps, state, kind, state_key).ok().flatten()
+        server
+            .rooms
+            .state_event(maps, state, kind, state_key)
+            .ok()
+            .flatten()
     };
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
         .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
@@ -207,13 +293,22 @@ pub fn persist(
     let (group_after, replaces_state) = match &pdu.state_key {
         Some(state_key) => {
             let kind = StateEventType::from(pdu.kind.to_string());
-            let key = rooms.state.intern_statekey(&server.db, maps, &kind, state_key)?;
+            let key = rooms
+                .state
+                .intern_statekey(&server.db, maps, &kind, state_key)?;
             let replaces = match state_before.get(&key) {
                 Some(previous) => Some(rooms.state.event_id_of(maps, *previous)?),
                 None => None,
             };
-            let (group, _) = rooms.state.derive(maps, &mut batch, group_before, &[(key, Some(short))])?;
-            batch.put(&maps.roomid_stategroup, room_id.as_bytes(), group.to_be_bytes());
+            let (group, _) =
+                rooms
+                    .state
+                    .derive(maps, &mut batch, group_before, &[(key, Some(short))])?;
+            batch.put(
+                &maps.roomid_stategroup,
+                room_id.as_bytes(),
+                group.to_be_bytes(),
+            );
             (group, replaces)
         }
         None => (group_before, None),
@@ -227,7 +322,11 @@ pub fn persist(
             room_version: room_version_of_create(&pdu)?,
             create_event_id: pdu.event_id.clone(),
         };
-        batch.put(&maps.roomid_meta, room_id.as_bytes(), serde_json::to_vec(&meta)?);
+        batch.put(
+            &maps.roomid_meta,
+            room_id.as_bytes(),
+            serde_json::to_vec(&meta)?,
+        );
     }
 
     let meta = EventMeta {
@@ -237,18 +336,46 @@ pub fn persist(
         state_before: group_before,
         state_after: group_after,
         replaces_state,
-        txn: txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
+        txn: txn
+            .as_ref()
+            .map(|t| (t.device_id.clone(), t.txn_id.clone())),
         redacted_by: None,
     };
-    batch.put(&maps.eventid_pdu, pdu.event_id.as_bytes(), serde_json::to_vec(&pdu.json)?);
-    batch.put(&maps.eventid_meta, pdu.event_id.as_bytes(), serde_json::to_vec(&meta)?);
-    batch.put(&maps.roomcount_eventid, Key::new().s(room_id.as_str()).n(count).build(), pdu.event_id.as_bytes());
+    batch.put(
+        &maps.eventid_pdu,
+        pdu.event_id.as_bytes(),
+        serde_json::to_vec(&pdu.json)?,
+    );
+    batch.put(
+        &maps.eventid_meta,
+        pdu.event_id.as_bytes(),
+        serde_json::to_vec(&meta)?,
+    );
+    batch.put(
+        &maps.roomcount_eventid,
+        Key::new().s(room_id.as_str()).n(count).build(),
+        pdu.event_id.as_bytes(),
+    );
     for prev in &pdu.prev_events {
-        batch.delete(&maps.roomid_extremity, Key::new().s(room_id.as_str()).s(prev.as_str()).build());
+        batch.delete(
+            &maps.roomid_extremity,
+            Key::new().s(room_id.as_str()).s(prev.as_str()).build(),
+        );
     }
-    batch.put(&maps.roomid_extremity, Key::new().s(room_id.as_str()).s(pdu.event_id.as_str()).build(), b"");
+    batch.put(
+        &maps.roomid_extremity,
+        Key::new()
+            .s(room_id.as_str())
+            .s(pdu.event_id.as_str())
+            .build(),
+        b"",
+    );
     if let Some(txn) = &txn {
-        let key = Key::new().s(pdu.sender.as_str()).s(txn.device_id.as_str()).s(&txn.txn_id).build();
+        let key = Key::new()
+            .s(pdu.sender.as_str())
+            .s(txn.device_id.as_str())
+            .s(&txn.txn_id)
+            .build();
         batch.put(&maps.usertxn_eventid, key, pdu.event_id.as_bytes());
     }
 
@@ -261,12 +388,28 @@ pub fn persist(
             _ if membership == "join" => Some(count),
             _ => previous.as_ref().and_then(|p| p.last_join_count),
         };
-        let record = Membership { membership, count, event_id: pdu.event_id.clone(), last_join_count };
+        let record = Membership {
+            membership,
+            count,
+            event_id: pdu.event_id.clone(),
+            last_join_count,
+        };
         let value = serde_json::to_vec(&record)?;
-        batch.put(&maps.roomuserid_membership, Key::new().s(room_id.as_str()).s(target.as_str()).build(), &value);
-        batch.put(&maps.userroomid_membership, Key::new().s(target.as_str()).s(room_id.as_str()).build(), &value);
+        batch.put(
+            &maps.roomuserid_membership,
+            Key::new().s(room_id.as_str()).s(target.as_str()).build(),
+            &value,
+        );
+        batch.put(
+            &maps.userroomid_membership,
+            Key::new().s(target.as_str()).s(room_id.as_str()).build(),
+            &value,
+        );
         if record.membership == "join" {
-            batch.delete(&maps.userroomid_forgotten, Key::new().s(target.as_str()).s(room_id.as_str()).build());
+            batch.delete(
+                &maps.userroomid_forgotten,
+                Key::new().s(target.as_str()).s(room_id.as_str()).build(),
+            );
         }
         if server.is_local(target.server_name()) {
             wake_extra = Some(target.to_owned());
@@ -274,10 +417,10 @@ pub fn persist(
     }
 
     let mut redacted_target = None;
-    if pdu.kind == TimelineEventType::RoomRedaction {
-        if let Some(target) = pdu.redacts.clone() {
-            redacted_target = redact_in_batch(server, rules, &mut batch, &pdu, &target)?;
-        }
+    if pdu.kind == TimelineEventType::RoomRedaction
+        && let Some(target) = pdu.redacts.clone()
+    {
+        redacted_target = redact_in_batch(server, rules, &mut batch, &pdu, &target)?;
     }
 
     server.db.commit(batch)?;
@@ -293,18 +436,21 @@ pub fn persist(
     rooms.metas.lock().put(pdu.event_id.clone(), Arc::new(meta));
 
     let mut users = (*rooms.local_interested(server, &room_id)?).clone();
-    if let Some(extra) = wake_extra {
-        if !users.contains(&extra) {
-            users.push(extra);
-        }
+    if let Some(extra) = wake_extra
+        && !users.contains(&extra)
+    {
+        users.push(extra);
     }
     pending.finish(users);
     Ok(pdu)
 }
 
 fn room_version_of_create(pdu: &Pdu) -> Result<RoomVersionId> {
-    let version = pdu.content_str("room_version").unwrap_or_else(|| "1".to_owned());
-    RoomVersionId::try_from(version).map_err(|e| Error::bad_json(format!("invalid room_version: {e}")))
+    let version = pdu
+        .content_str("room_version")
+        .unwrap_or_else(|| "1".to_owned());
+    RoomVersionId::try_from(version)
+        .map_err(|e| Error::bad_json(format!("invalid room_version: {e}")))
 }
 
 /// Replaces the stored target with its redacted form (content stripped by the room version's
@@ -317,26 +463,50 @@ fn redact_in_batch(
     target: &ruma::EventId,
 ) -> Result<Option<OwnedEventId>> {
     let maps = &server.maps;
-    let Some(original) = server.rooms.pdu(maps, target)? else { return Ok(None) };
-    let Some(meta) = server.rooms.event_meta(maps, target)? else { return Ok(None) };
+    let Some(original) = server.rooms.pdu(maps, target)? else {
+        return Ok(None);
+    };
+    let Some(meta) = server.rooms.event_meta(maps, target)? else {
+        return Ok(None);
+    };
     if original.room_id != redaction.room_id || meta.redacted_by.is_some() {
         return Ok(None);
     }
     let mut because_json = redaction.json.clone();
-    because_json.insert("event_id".into(), CanonicalJsonValue::String(redaction.event_id.to_string()));
+    because_json.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(redaction.event_id.to_string()),
+    );
     let because = RedactedBecause::from_json(because_json);
     let redacted = redact(original.json.clone(), &rules.redaction, Some(because))
         .map_err(|e| Error::internal(format_args!("redaction: {e}")))?;
     let mut meta = (*meta).clone();
     meta.redacted_by = Some(redaction.event_id.clone());
-    batch.put(&maps.eventid_pdu, target.as_bytes(), serde_json::to_vec(&redacted)?);
-    batch.put(&maps.eventid_meta, target.as_bytes(), serde_json::to_vec(&meta)?);
+    batch.put(
+        &maps.eventid_pdu,
+        target.as_bytes(),
+        serde_json::to_vec(&redacted)?,
+    );
+    batch.put(
+        &maps.eventid_meta,
+        target.as_bytes(),
+        serde_json::to_vec(&meta)?,
+    );
     Ok(Some(target.to_owned()))
 }
 
 /// The event id a transaction produced earlier, if any (idempotent sends).
-pub fn txn_event(server: &Server, user: &UserId, device: &ruma::DeviceId, txn_id: &str) -> Result<Option<OwnedEventId>> {
-    let key = Key::new().s(user.as_str()).s(device.as_str()).s(txn_id).build();
+pub fn txn_event(
+    server: &Server,
+    user: &UserId,
+    device: &ruma::DeviceId,
+    txn_id: &str,
+) -> Result<Option<OwnedEventId>> {
+    let key = Key::new()
+        .s(user.as_str())
+        .s(device.as_str())
+        .s(txn_id)
+        .build();
     match server.maps.usertxn_eventid.get(key)? {
         Some(raw) => Ok(Some(super::parse_event_id(&raw)?)),
         None => Ok(None),

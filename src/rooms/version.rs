@@ -24,9 +24,11 @@ pub fn is_supported(version: &RoomVersionId) -> bool {
 /// The rules of a supported room version, or `M_UNSUPPORTED_ROOM_VERSION`.
 pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
     if !is_supported(version) {
-        return Err(Error::unsupported_room_version(format!("Room version {version} is not supported")));
+        return Err(Error::unsupported_room_version(format!(
+            "Room version {version} is not supported"
+        )));
     }
-    version
-        .rules()
-        .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported")))
+    version.rules().ok_or_else(|| {
+        Error::unsupported_room_version(format!("Room version {version} is not supported"))
+    })
 }

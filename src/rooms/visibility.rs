@@ -8,12 +8,19 @@ use ruma::{UserId, events::StateEventType};
 use super::{EventMeta, Membership, pdu::Pdu};
 use crate::{error::Result, server::Server};
 
-pub fn can_see(server: &Server, user: &UserId, pdu: &Pdu, meta: &EventMeta, current: Option<&Membership>) -> Result<bool> {
+pub fn can_see(
+    server: &Server,
+    user: &UserId,
+    pdu: &Pdu,
+    meta: &EventMeta,
+    current: Option<&Membership>,
+) -> Result<bool> {
     // Fast path: joined now, and no membership change since this event → joined at the event.
-    if let Some(m) = current {
-        if m.membership == "join" && m.count <= meta.count {
-            return Ok(true);
-        }
+    if let Some(m) = current
+        && m.membership == "join"
+        && m.count <= meta.count
+    {
+        return Ok(true);
     }
     let maps = &server.maps;
     let state = server.rooms.load_state(maps, meta.state_before)?;
@@ -39,21 +46,32 @@ pub fn can_see(server: &Server, user: &UserId, pdu: &Pdu, meta: &EventMeta, curr
         Some("invite") if visibility == "invited" => return Ok(true),
         _ => {}
     }
-    if visibility == "shared" && current.and_then(|m| m.last_join_count).is_some_and(|joined| joined > meta.count) {
+    if visibility == "shared"
+        && current
+            .and_then(|m| m.last_join_count)
+            .is_some_and(|joined| joined > meta.count)
+    {
         return Ok(true);
     }
     Ok(false)
 }
 
 /// Filters events (with their metadata) down to those `user` may see.
-pub fn filter<'a, I>(server: &Server, user: &UserId, room_id: &ruma::RoomId, events: I) -> Result<Vec<std::sync::Arc<Pdu>>>
+pub fn filter<'a, I>(
+    server: &Server,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    events: I,
+) -> Result<Vec<std::sync::Arc<Pdu>>>
 where
     I: IntoIterator<Item = &'a std::sync::Arc<Pdu>>,
 {
     let current = server.rooms.membership(&server.maps, room_id, user)?;
     let mut out = Vec::new();
     for pdu in events {
-        let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else { continue };
+        let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
+            continue;
+        };
         if can_see(server, user, pdu, &meta, current.as_ref())? {
             out.push(pdu.clone());
         }

@@ -59,7 +59,8 @@ pub fn tail_u64(key: &[u8]) -> Option<u64> {
 
 /// The string between the prefix and the end of a key.
 pub fn tail_str<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
-    key.strip_prefix(prefix).and_then(|rest| std::str::from_utf8(rest).ok())
+    key.strip_prefix(prefix)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
 }
 
 pub fn u64_from(bytes: &[u8]) -> Option<u64> {

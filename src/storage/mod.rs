@@ -28,7 +28,8 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path, config: &StorageConfig) -> Result<(Arc<Self>, Maps), String> {
-        std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         let cache = Cache::new_lru_cache(config.cache_mb.max(1) * 1024 * 1024)
             .map_err(|e| format!("cannot create the block cache: {e}"))?;
         let mut db_opts = Options::default();
@@ -54,13 +55,18 @@ impl Db {
             .map_err(|e| format!("cannot open database at {}: {e}", path.display()))?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(config.sync_writes);
-        let db = Arc::new(Self { inner: Arc::new(db), write_options });
+        let db = Arc::new(Self {
+            inner: Arc::new(db),
+            write_options,
+        });
         let maps = Maps::new(&db);
         Ok((db, maps))
     }
 
     pub fn batch(&self) -> Batch {
-        Batch { inner: WriteBatch::default() }
+        Batch {
+            inner: WriteBatch::default(),
+        }
     }
 
     /// Atomically applies every write in the batch (one WAL record).
@@ -81,7 +87,11 @@ impl Db {
 
 /// `max(existing, operands...)` for big-endian `u64` values: counters that several concurrent
 /// batches raise must never go backwards, whatever order the batches commit in.
-fn merge_max_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+fn merge_max_u64(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &MergeOperands,
+) -> Option<Vec<u8>> {
     let max = existing
         .into_iter()
         .chain(operands.iter())
@@ -128,7 +138,9 @@ impl Map {
     fn cf(&self) -> &ColumnFamily {
         // Every catalog entry is created at open (`create_missing_column_families`), and maps are
         // only constructed from the catalog, so the handle always exists.
-        self.db.cf_handle(self.name).expect("column family from the catalog is open")
+        self.db
+            .cf_handle(self.name)
+            .expect("column family from the catalog is open")
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
@@ -159,7 +171,11 @@ impl Map {
             opts.set_iterate_upper_bound(upper);
         }
         self.db
-            .iterator_cf_opt(self.cf(), opts, IteratorMode::From(&prefix, Direction::Forward))
+            .iterator_cf_opt(
+                self.cf(),
+                opts,
+                IteratorMode::From(&prefix, Direction::Forward),
+            )
             .map_while(Result::ok)
             .take_while(move |(k, _)| k.starts_with(&prefix))
     }
@@ -171,7 +187,11 @@ impl Map {
         from: Vec<u8>,
         forward: bool,
     ) -> impl Iterator<Item = Entry> + '_ {
-        let direction = if forward { Direction::Forward } else { Direction::Reverse };
+        let direction = if forward {
+            Direction::Forward
+        } else {
+            Direction::Reverse
+        };
         let mut opts = ReadOptions::default();
         if forward {
             if let Some(upper) = keys::prefix_upper_bound(&prefix) {
@@ -188,7 +208,8 @@ impl Map {
 
     /// The last entry (highest key) under `prefix`.
     pub fn last_with_prefix(&self, prefix: Vec<u8>) -> Option<Entry> {
-        let from = keys::prefix_upper_bound(&prefix).unwrap_or_else(|| vec![0xFF; prefix.len() + 9]);
+        let from =
+            keys::prefix_upper_bound(&prefix).unwrap_or_else(|| vec![0xFF; prefix.len() + 9]);
         self.scan_from(prefix, from, false).next()
     }
 }

@@ -9,11 +9,15 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == value,
         Some((head, tail)) => {
-            let Some(rest) = value.strip_prefix(head) else { return false };
+            let Some(rest) = value.strip_prefix(head) else {
+                return false;
+            };
             if tail.is_empty() {
                 return true;
             }
-            (0..=rest.len()).filter(|i| rest.is_char_boundary(*i)).any(|i| glob_match(tail, &rest[i..]))
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob_match(tail, &rest[i..]))
         }
     }
 }
@@ -22,14 +26,20 @@ fn type_allowed(types: &Option<Vec<String>>, not_types: &[String], kind: &str) -
     if not_types.iter().any(|t| glob_match(t, kind)) {
         return false;
     }
-    types.as_ref().is_none_or(|types| types.iter().any(|t| glob_match(t, kind)))
+    types
+        .as_ref()
+        .is_none_or(|types| types.iter().any(|t| glob_match(t, kind)))
 }
 
 pub fn room_event_allowed(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
-    if filter.not_senders.iter().any(|s| *s == pdu.sender) {
+    if filter.not_senders.contains(&pdu.sender) {
         return false;
     }
-    if filter.senders.as_ref().is_some_and(|senders| !senders.contains(&pdu.sender)) {
+    if filter
+        .senders
+        .as_ref()
+        .is_some_and(|senders| !senders.contains(&pdu.sender))
+    {
         return false;
     }
     type_allowed(&filter.types, &filter.not_types, &pdu.kind.to_string())
@@ -39,7 +49,11 @@ pub fn room_allowed(filter: &FilterDefinition, room_id: &ruma::RoomId) -> bool {
     if filter.room.not_rooms.iter().any(|r| r == room_id) {
         return false;
     }
-    filter.room.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    filter
+        .room
+        .rooms
+        .as_ref()
+        .is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
 }
 
 pub fn type_only_allowed(filter: &Filter, kind: &str) -> bool {

@@ -12,15 +12,24 @@ use crate::{
 
 /// The client-format event with `unsigned` (`age`, `transaction_id` for the sending device,
 /// `prev_content`/`replaces_state` for state, `redacted_because`).
-pub fn client_event(server: &Server, pdu: &Pdu, meta: Option<&EventMeta>, device: Option<&DeviceId>, with_room_id: bool) -> Result<Value> {
+pub fn client_event(
+    server: &Server,
+    pdu: &Pdu,
+    meta: Option<&EventMeta>,
+    device: Option<&DeviceId>,
+    with_room_id: bool,
+) -> Result<Value> {
     let mut event = pdu.to_client_event(with_room_id);
     let mut unsigned = Map::new();
-    unsigned.insert("age".into(), json!(now_ms().saturating_sub(u64::from(pdu.origin_server_ts.0))));
+    unsigned.insert(
+        "age".into(),
+        json!(now_ms().saturating_sub(u64::from(pdu.origin_server_ts.0))),
+    );
     if let Some(meta) = meta {
-        if let (Some((txn_device, txn_id)), Some(device)) = (&meta.txn, device) {
-            if **txn_device == *device {
-                unsigned.insert("transaction_id".into(), json!(txn_id));
-            }
+        if let (Some((txn_device, txn_id)), Some(device)) = (&meta.txn, device)
+            && **txn_device == *device
+        {
+            unsigned.insert("transaction_id".into(), json!(txn_id));
         }
         if let Some(previous) = &meta.replaces_state {
             unsigned.insert("replaces_state".into(), json!(previous));
@@ -30,12 +39,12 @@ pub fn client_event(server: &Server, pdu: &Pdu, meta: Option<&EventMeta>, device
             }
         }
     }
-    if let Some(CanonicalJsonValue::Object(stored)) = pdu.json.get("unsigned") {
-        if let Some(because) = stored.get("redacted_because") {
-            let mut because = serde_json::to_value(because)?;
-            strip_federation_fields(&mut because);
-            unsigned.insert("redacted_because".into(), because);
-        }
+    if let Some(CanonicalJsonValue::Object(stored)) = pdu.json.get("unsigned")
+        && let Some(because) = stored.get("redacted_because")
+    {
+        let mut because = serde_json::to_value(because)?;
+        strip_federation_fields(&mut because);
+        unsigned.insert("redacted_because".into(), because);
     }
     event.insert("unsigned".into(), Value::Object(unsigned));
     Ok(Value::Object(event))
@@ -44,7 +53,14 @@ pub fn client_event(server: &Server, pdu: &Pdu, meta: Option<&EventMeta>, device
 /// Removes the PDU-only fields from an event embedded in `unsigned`.
 fn strip_federation_fields(event: &mut Value) {
     if let Some(object) = event.as_object_mut() {
-        for key in ["auth_events", "prev_events", "hashes", "signatures", "depth", "origin"] {
+        for key in [
+            "auth_events",
+            "prev_events",
+            "hashes",
+            "signatures",
+            "depth",
+            "origin",
+        ] {
             object.remove(key);
         }
     }

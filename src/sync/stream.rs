@@ -34,7 +34,9 @@ struct State {
 
 impl State {
     fn current(&self) -> u64 {
-        self.pending.first().map_or(self.last_allocated, |first| first - 1)
+        self.pending
+            .first()
+            .map_or(self.last_allocated, |first| first - 1)
     }
 }
 
@@ -68,9 +70,18 @@ impl Drop for Pending {
 
 impl Stream {
     pub fn new(maps: &Maps) -> crate::error::Result<Arc<Self>> {
-        let last = maps.global.get(b"counter")?.as_deref().and_then(keys::u64_from).unwrap_or(0);
+        let last = maps
+            .global
+            .get(b"counter")?
+            .as_deref()
+            .and_then(keys::u64_from)
+            .unwrap_or(0);
         Ok(Arc::new(Self {
-            state: Mutex::new(State { last_allocated: last, pending: BTreeSet::new(), deferred: Vec::new() }),
+            state: Mutex::new(State {
+                last_allocated: last,
+                pending: BTreeSet::new(),
+                deferred: Vec::new(),
+            }),
             watchers: Mutex::new(HashMap::new()),
             global: watch::Sender::new(last),
         }))
@@ -86,7 +97,11 @@ impl Stream {
             count
         };
         batch.raise(&maps.global, b"counter", count);
-        Pending { stream: self.clone(), count, done: false }
+        Pending {
+            stream: self.clone(),
+            count,
+            done: false,
+        }
     }
 
     /// Takes a position for an in-memory change (typing); nothing to persist.
@@ -95,7 +110,11 @@ impl Stream {
         state.last_allocated += 1;
         let count = state.last_allocated;
         state.pending.insert(count);
-        Pending { stream: self.clone(), count, done: false }
+        Pending {
+            stream: self.clone(),
+            count,
+            done: false,
+        }
     }
 
     /// Every write at or below this position is committed and visible.
@@ -143,8 +162,9 @@ impl Stream {
                 state.deferred.push((count, users));
             }
             let current = state.current();
-            let (ready, waiting): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut state.deferred).into_iter().partition(|(c, _)| *c <= current);
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.deferred)
+                .into_iter()
+                .partition(|(c, _)| *c <= current);
             state.deferred = waiting;
             (current, ready)
         };
@@ -161,7 +181,11 @@ mod tests {
 
     fn stream() -> Arc<Stream> {
         Arc::new(Stream {
-            state: Mutex::new(State { last_allocated: 0, pending: BTreeSet::new(), deferred: Vec::new() }),
+            state: Mutex::new(State {
+                last_allocated: 0,
+                pending: BTreeSet::new(),
+                deferred: Vec::new(),
+            }),
             watchers: Mutex::new(HashMap::new()),
             global: watch::Sender::new(0),
         })

@@ -1,6 +1,9 @@
 //! Typing notifications: in memory only, with expiry.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -23,14 +26,21 @@ struct RoomTyping {
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Typing {
-    pub fn set(&self, server: &Server, room_id: &RoomId, user: &UserId, timeout: Option<Duration>) -> Result<()> {
+    pub fn set(
+        &self,
+        server: &Server,
+        room_id: &RoomId,
+        user: &UserId,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         let pending = server.stream.next_ephemeral();
         {
             let mut rooms = self.rooms.lock();
             let room = rooms.entry(room_id.to_owned()).or_default();
             match timeout {
                 Some(timeout) => {
-                    room.users.insert(user.to_owned(), Instant::now() + timeout.min(MAX_TIMEOUT));
+                    room.users
+                        .insert(user.to_owned(), Instant::now() + timeout.min(MAX_TIMEOUT));
                 }
                 None => {
                     room.users.remove(user);
@@ -49,7 +59,14 @@ impl Typing {
         match rooms.get(room_id) {
             Some(room) => {
                 let now = Instant::now();
-                (room.count, room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect())
+                (
+                    room.count,
+                    room.users
+                        .iter()
+                        .filter(|(_, until)| **until > now)
+                        .map(|(u, _)| u.clone())
+                        .collect(),
+                )
             }
             None => (0, Vec::new()),
         }
@@ -78,7 +95,11 @@ impl Typing {
                     }
                 }
             }
-            let users = server.rooms.local_interested(server, &room_id).map(|u| (*u).clone()).unwrap_or_default();
+            let users = server
+                .rooms
+                .local_interested(server, &room_id)
+                .map(|u| (*u).clone())
+                .unwrap_or_default();
             pending.finish(users);
         }
     }

@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use ruma::{DeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::FilterDefinition, events::StateEventType};
+use ruma::{
+    DeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::FilterDefinition,
+    events::StateEventType,
+};
 use serde_json::{Map, Value, json};
 
 use super::{filter, format};
@@ -36,7 +39,11 @@ pub async fn sync(server: &Server, params: SyncParams) -> Result<Value> {
         receiver.borrow_and_update();
         let now = server.stream.current();
         let (response, has_updates) = build(server, &params, now)?;
-        if has_updates || params.since.is_none() || params.full_state || tokio::time::Instant::now() >= deadline {
+        if has_updates
+            || params.since.is_none()
+            || params.full_state
+            || tokio::time::Instant::now() >= deadline
+        {
             return Ok(response);
         }
         // Wait for a write for this user (or the deadline); a write between `current()` and
@@ -66,11 +73,18 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
             continue;
         }
         // Ignore membership changes after `now` (they belong to the next response).
-        let membership = if membership.count > now { membership_at(server, &room_id, &params.user, now)? } else { Some(membership) };
-        let Some(membership) = membership else { continue };
+        let membership = if membership.count > now {
+            membership_at(server, &room_id, &params.user, now)?
+        } else {
+            Some(membership)
+        };
+        let Some(membership) = membership else {
+            continue;
+        };
         match membership.membership.as_str() {
             "join" => {
-                if let Some(room) = joined_room(server, params, &room_id, &membership, since, now)? {
+                if let Some(room) = joined_room(server, params, &room_id, &membership, since, now)?
+                {
                     join.insert(room_id.to_string(), room);
                 }
             }
@@ -85,12 +99,17 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
                     Some(s) => membership.count > s,
                     None => params.filter.room.include_leave,
                 };
-                let forgotten = server
-                    .maps
-                    .userroomid_forgotten
-                    .contains(crate::storage::keys::Key::new().s(params.user.as_str()).s(room_id.as_str()).build())?;
+                let forgotten = server.maps.userroomid_forgotten.contains(
+                    crate::storage::keys::Key::new()
+                        .s(params.user.as_str())
+                        .s(room_id.as_str())
+                        .build(),
+                )?;
                 if changed && !forgotten {
-                    leave.insert(room_id.to_string(), left_room(server, params, &room_id, &membership, since)?);
+                    leave.insert(
+                        room_id.to_string(),
+                        left_room(server, params, &room_id, &membership, since)?,
+                    );
                 }
             }
             _ => {}
@@ -98,15 +117,26 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
     }
 
     let mut global_account_data = Vec::new();
-    for (room, kind, content) in account_data::changes_since(&server.maps, &params.user, since.unwrap_or(0))? {
+    for (room, kind, content) in
+        account_data::changes_since(&server.maps, &params.user, since.unwrap_or(0))?
+    {
         if room.is_empty() && filter::type_only_allowed(&params.filter.account_data, &kind) {
             global_account_data.push(json!({ "type": kind, "content": content }));
         }
     }
 
-    let has_updates = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !knock.is_empty() || !global_account_data.is_empty();
+    let has_updates = !join.is_empty()
+        || !invite.is_empty()
+        || !leave.is_empty()
+        || !knock.is_empty()
+        || !global_account_data.is_empty();
     let mut rooms = Map::new();
-    for (name, section) in [("join", join), ("invite", invite), ("leave", leave), ("knock", knock)] {
+    for (name, section) in [
+        ("join", join),
+        ("invite", invite),
+        ("leave", leave),
+        ("knock", knock),
+    ] {
         if !section.is_empty() {
             rooms.insert(name.into(), Value::Object(section));
         }
@@ -114,7 +144,10 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
     let mut response = Map::new();
     response.insert("next_batch".into(), json!(super::token(now)));
     response.insert("rooms".into(), Value::Object(rooms));
-    response.insert("account_data".into(), json!({ "events": global_account_data }));
+    response.insert(
+        "account_data".into(),
+        json!({ "events": global_account_data }),
+    );
     response.insert("presence".into(), json!({ "events": [] }));
     response.insert("to_device".into(), json!({ "events": [] }));
     response.insert("device_one_time_keys_count".into(), json!({}));
@@ -122,13 +155,26 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
 }
 
 /// The user's membership as of stream position `at` (for changes that raced the window).
-fn membership_at(server: &Server, room_id: &RoomId, user: &UserId, at: u64) -> Result<Option<Membership>> {
+fn membership_at(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    at: u64,
+) -> Result<Option<Membership>> {
     let group = server.rooms.group_at(&server.maps, room_id, at)?;
     let state = server.rooms.load_state(&server.maps, group)?;
-    let Some(event) = server.rooms.state_event(&server.maps, &state, &StateEventType::RoomMember, user.as_str())? else {
+    let Some(event) = server.rooms.state_event(
+        &server.maps,
+        &state,
+        &StateEventType::RoomMember,
+        user.as_str(),
+    )?
+    else {
         return Ok(None);
     };
-    let Some(meta) = server.rooms.event_meta(&server.maps, &event.event_id)? else { return Ok(None) };
+    let Some(meta) = server.rooms.event_meta(&server.maps, &event.event_id)? else {
+        return Ok(None);
+    };
     Ok(event.membership().map(|membership| Membership {
         membership,
         count: meta.count,
@@ -143,12 +189,22 @@ struct Timeline {
 }
 
 /// Visible timeline events in `(from, to]`, newest `limit`, returned oldest first.
-fn timeline(server: &Server, params: &SyncParams, room_id: &RoomId, from: u64, to: u64, limit: usize, current: Option<&Membership>) -> Result<Timeline> {
+fn timeline(
+    server: &Server,
+    params: &SyncParams,
+    room_id: &RoomId,
+    from: u64,
+    to: u64,
+    limit: usize,
+    current: Option<&Membership>,
+) -> Result<Timeline> {
     let mut events = Vec::new();
     let mut limited = false;
     let mut cursor = to;
     'scan: loop {
-        let batch = server.rooms.timeline_desc(&server.maps, room_id, from, cursor, limit + 1)?;
+        let batch = server
+            .rooms
+            .timeline_desc(&server.maps, room_id, from, cursor, limit + 1)?;
         if batch.is_empty() {
             break;
         }
@@ -157,7 +213,9 @@ fn timeline(server: &Server, params: &SyncParams, room_id: &RoomId, from: u64, t
             if !filter::room_event_allowed(&params.filter.room.timeline, pdu) {
                 continue;
             }
-            let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else { continue };
+            let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
+                continue;
+            };
             if !visibility::can_see(server, &params.user, pdu, &meta, current)? {
                 continue;
             }
@@ -176,10 +234,22 @@ fn timeline(server: &Server, params: &SyncParams, room_id: &RoomId, from: u64, t
 }
 
 fn timeline_limit(params: &SyncParams) -> usize {
-    params.filter.room.timeline.limit.map_or(10, |l| u64::from(l).clamp(1, 1000) as usize)
+    params
+        .filter
+        .room
+        .timeline
+        .limit
+        .map_or(10, |l| u64::from(l).clamp(1, 1000) as usize)
 }
 
-fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membership: &Membership, since: Option<u64>, now: u64) -> Result<Option<Value>> {
+fn joined_room(
+    server: &Server,
+    params: &SyncParams,
+    room_id: &RoomId,
+    membership: &Membership,
+    since: Option<u64>,
+    now: u64,
+) -> Result<Option<Value>> {
     let maps = &server.maps;
     let newly_joined = since.is_none_or(|s| membership.last_join_count.is_some_and(|j| j > s));
     let from = since.unwrap_or(0);
@@ -188,12 +258,20 @@ fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membershi
     let typing_changed = since.is_none_or(|s| typing_count > s && typing_count <= now);
     let room_account_data: Vec<Value> = account_data::changes_since(maps, &params.user, from)?
         .into_iter()
-        .filter(|(room, kind, _)| room == room_id.as_str() && filter::room_type_allowed(&params.filter.room.account_data, kind))
+        .filter(|(room, kind, _)| {
+            room == room_id.as_str()
+                && filter::room_type_allowed(&params.filter.room.account_data, kind)
+        })
         .map(|(_, kind, content)| json!({ "type": kind, "content": content }))
         .collect();
 
     let has_new_events = since.is_none_or(|s| last > s);
-    if !has_new_events && !params.full_state && !typing_changed && room_account_data.is_empty() && !newly_joined {
+    if !has_new_events
+        && !params.full_state
+        && !typing_changed
+        && room_account_data.is_empty()
+        && !newly_joined
+    {
         return Ok(None);
     }
 
@@ -203,36 +281,81 @@ fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membershi
         // `/messages` (and its visibility rules), not a huge first sync.
         timeline(server, params, room_id, from, now, limit, Some(membership))?
     } else {
-        Timeline { events: Vec::new(), limited: false }
+        Timeline {
+            events: Vec::new(),
+            limited: false,
+        }
     };
 
     let full = newly_joined || params.full_state;
     let start_group = match timeline.events.first() {
-        Some((_, pdu)) => server.rooms.event_meta(maps, &pdu.event_id)?.map_or(0, |m| m.state_before),
+        Some((_, pdu)) => server
+            .rooms
+            .event_meta(maps, &pdu.event_id)?
+            .map_or(0, |m| m.state_before),
         None => server.rooms.group_at(maps, room_id, now)?,
     };
-    let in_timeline: BTreeSet<_> = timeline.events.iter().map(|(_, p)| p.event_id.clone()).collect();
-    let senders: BTreeSet<OwnedUserId> = timeline.events.iter().map(|(_, p)| p.sender.clone()).collect();
-    let since_group = if full { 0 } else { server.rooms.group_at(maps, room_id, from)? };
-    let state = state_delta(server, params, since_group, start_group, &in_timeline, &senders, full)?;
+    let in_timeline: BTreeSet<_> = timeline
+        .events
+        .iter()
+        .map(|(_, p)| p.event_id.clone())
+        .collect();
+    let senders: BTreeSet<OwnedUserId> = timeline
+        .events
+        .iter()
+        .map(|(_, p)| p.sender.clone())
+        .collect();
+    let since_group = if full {
+        0
+    } else {
+        server.rooms.group_at(maps, room_id, from)?
+    };
+    let state = state_delta(
+        server,
+        params,
+        since_group,
+        start_group,
+        &in_timeline,
+        &senders,
+        full,
+    )?;
 
     let state_after = if params.use_state_after {
         let end_group = server.rooms.group_at(maps, room_id, now)?;
-        Some(state_delta(server, params, since_group, end_group, &BTreeSet::new(), &senders, full)?)
+        Some(state_delta(
+            server,
+            params,
+            since_group,
+            end_group,
+            &BTreeSet::new(),
+            &senders,
+            full,
+        )?)
     } else {
         None
     };
 
     let mut ephemeral = Vec::new();
-    if typing_changed && (typing_count > 0) && filter::room_type_allowed(&params.filter.room.ephemeral, "m.typing") {
+    if typing_changed
+        && (typing_count > 0)
+        && filter::room_type_allowed(&params.filter.room.ephemeral, "m.typing")
+    {
         ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
     }
 
-    if !full && timeline.events.is_empty() && state.is_empty() && ephemeral.is_empty() && room_account_data.is_empty() {
+    if !full
+        && timeline.events.is_empty()
+        && state.is_empty()
+        && ephemeral.is_empty()
+        && room_account_data.is_empty()
+    {
         return Ok(None);
     }
 
-    let prev_batch = timeline.events.first().map_or(from, |(count, _)| count.saturating_sub(1));
+    let prev_batch = timeline
+        .events
+        .first()
+        .map_or(from, |(count, _)| count.saturating_sub(1));
     let events = timeline
         .events
         .iter()
@@ -252,9 +375,19 @@ fn joined_room(server: &Server, params: &SyncParams, room_id: &RoomId, membershi
         None => room.insert("state".into(), json!({ "events": state })),
     };
     room.insert("ephemeral".into(), json!({ "events": ephemeral }));
-    room.insert("account_data".into(), json!({ "events": room_account_data }));
-    room.insert("unread_notifications".into(), json!({ "notification_count": 0, "highlight_count": 0 }));
-    let members_changed = full || timeline.events.iter().any(|(_, p)| p.kind == ruma::events::TimelineEventType::RoomMember);
+    room.insert(
+        "account_data".into(),
+        json!({ "events": room_account_data }),
+    );
+    room.insert(
+        "unread_notifications".into(),
+        json!({ "notification_count": 0, "highlight_count": 0 }),
+    );
+    let members_changed = full
+        || timeline
+            .events
+            .iter()
+            .any(|(_, p)| p.kind == ruma::events::TimelineEventType::RoomMember);
     if members_changed {
         room.insert("summary".into(), summary(server, room_id, &params.user)?);
     }
@@ -277,7 +410,11 @@ fn state_delta(
     }
     let maps = &server.maps;
     let to_state = server.rooms.load_state(maps, to_group)?;
-    let from_state: Arc<StateMap> = if full { Arc::new(StateMap::new()) } else { server.rooms.load_state(maps, from_group)? };
+    let from_state: Arc<StateMap> = if full {
+        Arc::new(StateMap::new())
+    } else {
+        server.rooms.load_state(maps, from_group)?
+    };
     let lazy = filter::lazy_members(&params.filter.room.state);
     let mut events = Vec::new();
     for (key, event) in to_state.iter() {
@@ -288,7 +425,9 @@ fn state_delta(
         if in_timeline.contains(&event_id) {
             continue;
         }
-        let Some(pdu) = server.rooms.pdu(maps, &event_id)? else { continue };
+        let Some(pdu) = server.rooms.pdu(maps, &event_id)? else {
+            continue;
+        };
         if !filter::room_event_allowed(&params.filter.room.state, &pdu) {
             continue;
         }
@@ -299,7 +438,13 @@ fn state_delta(
             }
         }
         let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-        events.push(format::client_event(server, &pdu, meta.as_deref(), Some(&params.device), false)?);
+        events.push(format::client_event(
+            server,
+            &pdu,
+            meta.as_deref(),
+            Some(&params.device),
+            false,
+        )?);
     }
     Ok(events)
 }
@@ -307,8 +452,14 @@ fn state_delta(
 /// `m.heroes` and member counts, for clients to name unnamed rooms.
 fn summary(server: &Server, room_id: &RoomId, user: &UserId) -> Result<Value> {
     let members = server.rooms.members(&server.maps, room_id)?;
-    let joined = members.iter().filter(|(_, m)| m.membership == "join").count();
-    let invited = members.iter().filter(|(_, m)| m.membership == "invite").count();
+    let joined = members
+        .iter()
+        .filter(|(_, m)| m.membership == "join")
+        .count();
+    let invited = members
+        .iter()
+        .filter(|(_, m)| m.membership == "invite")
+        .count();
     let mut heroes: Vec<&OwnedUserId> = members
         .iter()
         .filter(|(u, m)| *u != user && matches!(m.membership.as_str(), "join" | "invite"))
@@ -324,7 +475,11 @@ fn summary(server: &Server, room_id: &RoomId, user: &UserId) -> Result<Value> {
 }
 
 /// Stripped state for invites and knocks, plus the membership event itself.
-fn stripped_state(server: &Server, room_id: &RoomId, membership: &Membership) -> Result<Vec<Value>> {
+fn stripped_state(
+    server: &Server,
+    room_id: &RoomId,
+    membership: &Membership,
+) -> Result<Vec<Value>> {
     let maps = &server.maps;
     let mut events = Vec::new();
     for kind in [
@@ -342,32 +497,82 @@ fn stripped_state(server: &Server, room_id: &RoomId, membership: &Membership) ->
     }
     if let Some(pdu) = server.rooms.pdu(maps, &membership.event_id)? {
         // The membership event itself, in full client format, so clients see who invited.
-        if let Some(sender_member) = server.rooms.current_state_event(maps, room_id, &StateEventType::RoomMember, pdu.sender.as_str())? {
-            if sender_member.event_id != pdu.event_id {
-                events.push(format::stripped(&sender_member));
-            }
+        if let Some(sender_member) = server.rooms.current_state_event(
+            maps,
+            room_id,
+            &StateEventType::RoomMember,
+            pdu.sender.as_str(),
+        )? && sender_member.event_id != pdu.event_id
+        {
+            events.push(format::stripped(&sender_member));
         }
         let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-        events.push(format::client_event(server, &pdu, meta.as_deref(), None, false)?);
+        events.push(format::client_event(
+            server,
+            &pdu,
+            meta.as_deref(),
+            None,
+            false,
+        )?);
     }
     Ok(events)
 }
 
-fn left_room(server: &Server, params: &SyncParams, room_id: &RoomId, membership: &Membership, since: Option<u64>) -> Result<Value> {
+fn left_room(
+    server: &Server,
+    params: &SyncParams,
+    room_id: &RoomId,
+    membership: &Membership,
+    since: Option<u64>,
+) -> Result<Value> {
     let maps = &server.maps;
     let from = since.unwrap_or(0);
     let limit = timeline_limit(params);
-    let timeline = timeline(server, params, room_id, from, membership.count, limit, Some(membership))?;
+    let timeline = timeline(
+        server,
+        params,
+        room_id,
+        from,
+        membership.count,
+        limit,
+        Some(membership),
+    )?;
     let start_group = match timeline.events.first() {
-        Some((_, pdu)) => server.rooms.event_meta(maps, &pdu.event_id)?.map_or(0, |m| m.state_before),
+        Some((_, pdu)) => server
+            .rooms
+            .event_meta(maps, &pdu.event_id)?
+            .map_or(0, |m| m.state_before),
         None => server.rooms.group_at(maps, room_id, membership.count)?,
     };
-    let in_timeline: BTreeSet<_> = timeline.events.iter().map(|(_, p)| p.event_id.clone()).collect();
-    let senders: BTreeSet<OwnedUserId> = timeline.events.iter().map(|(_, p)| p.sender.clone()).collect();
+    let in_timeline: BTreeSet<_> = timeline
+        .events
+        .iter()
+        .map(|(_, p)| p.event_id.clone())
+        .collect();
+    let senders: BTreeSet<OwnedUserId> = timeline
+        .events
+        .iter()
+        .map(|(_, p)| p.sender.clone())
+        .collect();
     let full = since.is_none() || params.full_state;
-    let since_group = if full { 0 } else { server.rooms.group_at(maps, room_id, from)? };
-    let state = state_delta(server, params, since_group, start_group, &in_timeline, &senders, full)?;
-    let prev_batch = timeline.events.first().map_or(from, |(count, _)| count.saturating_sub(1));
+    let since_group = if full {
+        0
+    } else {
+        server.rooms.group_at(maps, room_id, from)?
+    };
+    let state = state_delta(
+        server,
+        params,
+        since_group,
+        start_group,
+        &in_timeline,
+        &senders,
+        full,
+    )?;
+    let prev_batch = timeline
+        .events
+        .first()
+        .map_or(from, |(count, _)| count.saturating_sub(1));
     let events = timeline
         .events
         .iter()

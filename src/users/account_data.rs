@@ -3,22 +3,46 @@
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
-use crate::{error::Result, server::Server, storage::{Maps, keys::{self, Key}}};
+use crate::{
+    error::Result,
+    server::Server,
+    storage::{
+        Maps,
+        keys::{self, Key},
+    },
+};
 
 fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
-    Key::new().s(user.as_str()).s(room.map_or("", |r| r.as_str())).s(kind).build()
+    Key::new()
+        .s(user.as_str())
+        .s(room.map_or("", |r| r.as_str()))
+        .s(kind)
+        .build()
 }
 
-pub fn set(server: &Server, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+pub fn set(
+    server: &Server,
+    user: &UserId,
+    room: Option<&RoomId>,
+    kind: &str,
+    content: Value,
+) -> Result<()> {
     let maps = &server.maps;
     let previous = get_record(maps, user, room, kind)?;
     let mut batch = server.db.batch();
     let pending = server.stream.next(maps, &mut batch);
     let count = pending.count();
     if let Some(old) = previous.as_ref().and_then(|r| r["count"].as_u64()) {
-        batch.delete(&maps.usercount_accountdata, Key::new().s(user.as_str()).n(old).build());
+        batch.delete(
+            &maps.usercount_accountdata,
+            Key::new().s(user.as_str()).n(old).build(),
+        );
     }
-    batch.put(&maps.useraccountdata, key(user, room, kind), serde_json::to_vec(&json!({ "count": count, "content": content }))?);
+    batch.put(
+        &maps.useraccountdata,
+        key(user, room, kind),
+        serde_json::to_vec(&json!({ "count": count, "content": content }))?,
+    );
     batch.put(
         &maps.usercount_accountdata,
         Key::new().s(user.as_str()).n(count).build(),
@@ -29,7 +53,12 @@ pub fn set(server: &Server, user: &UserId, room: Option<&RoomId>, kind: &str, co
     Ok(())
 }
 
-fn get_record(maps: &Maps, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
+fn get_record(
+    maps: &Maps,
+    user: &UserId,
+    room: Option<&RoomId>,
+    kind: &str,
+) -> Result<Option<Value>> {
     match maps.useraccountdata.get(key(user, room, kind))? {
         Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
         None => Ok(None),
@@ -41,9 +70,16 @@ pub fn get(maps: &Maps, user: &UserId, room: Option<&RoomId>, kind: &str) -> Res
 }
 
 /// Account data changed after `since`: `(room or "", type, content)`.
-pub fn changes_since(maps: &Maps, user: &UserId, since: u64) -> Result<Vec<(String, String, Value)>> {
+pub fn changes_since(
+    maps: &Maps,
+    user: &UserId,
+    since: u64,
+) -> Result<Vec<(String, String, Value)>> {
     let prefix = Key::new().s(user.as_str()).prefix();
-    let from = Key::new().s(user.as_str()).n(since.saturating_add(1)).build();
+    let from = Key::new()
+        .s(user.as_str())
+        .n(since.saturating_add(1))
+        .build();
     let mut out = Vec::new();
     for (key, value) in maps.usercount_accountdata.scan_from(prefix, from, true) {
         if keys::tail_u64(&key).is_none_or(|c| c <= since) {

@@ -4,7 +4,7 @@ pub mod account_data;
 pub mod filters;
 pub mod uiaa;
 
-use ruma::{OwnedDeviceId, OwnedUserId, UserId, DeviceId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -79,7 +79,8 @@ impl Users {
     }
 
     pub fn exists(&self, maps: &Maps, user: &UserId) -> Result<bool> {
-        Ok(maps.userid_password.contains(user.as_bytes())? || maps.userid_deactivated.contains(user.as_bytes())?)
+        Ok(maps.userid_password.contains(user.as_bytes())?
+            || maps.userid_deactivated.contains(user.as_bytes())?)
     }
 
     pub fn is_deactivated(&self, maps: &Maps, user: &UserId) -> Result<bool> {
@@ -87,21 +88,39 @@ impl Users {
     }
 
     /// Creates an account with an optional password and a display name equal to the localpart.
-    pub async fn create(&self, server: &Server, user: &UserId, password: Option<&str>) -> Result<()> {
+    pub async fn create(
+        &self,
+        server: &Server,
+        user: &UserId,
+        password: Option<&str>,
+    ) -> Result<()> {
         let hash = match password {
             Some(password) => hash_password(password.to_owned()).await?,
             None => String::new(),
         };
-        let profile = Profile { displayname: Some(user.localpart().to_owned()), ..Default::default() };
+        let profile = Profile {
+            displayname: Some(user.localpart().to_owned()),
+            ..Default::default()
+        };
         let mut batch = server.db.batch();
-        batch.put(&server.maps.userid_password, user.as_bytes(), hash.as_bytes());
-        batch.put(&server.maps.userid_profile, user.as_bytes(), serde_json::to_vec(&profile)?);
+        batch.put(
+            &server.maps.userid_password,
+            user.as_bytes(),
+            hash.as_bytes(),
+        );
+        batch.put(
+            &server.maps.userid_profile,
+            user.as_bytes(),
+            serde_json::to_vec(&profile)?,
+        );
         server.db.commit(batch)
     }
 
     /// Whether `password` is the user's password (argon2id verification on a blocking thread).
     pub async fn check_password(&self, maps: &Maps, user: &UserId, password: &str) -> Result<bool> {
-        let Some(stored) = maps.userid_password.get(user.as_bytes())? else { return Ok(false) };
+        let Some(stored) = maps.userid_password.get(user.as_bytes())? else {
+            return Ok(false);
+        };
         let stored = String::from_utf8(stored).unwrap_or_default();
         if stored.is_empty() {
             return Ok(false);
@@ -109,7 +128,11 @@ impl Users {
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
             use argon2::{Argon2, PasswordHash, PasswordVerifier};
-            PasswordHash::new(&stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+            PasswordHash::new(&stored).is_ok_and(|hash| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &hash)
+                    .is_ok()
+            })
         })
         .await
         .map_err(Error::internal)
@@ -117,12 +140,19 @@ impl Users {
 
     pub async fn set_password(&self, server: &Server, user: &UserId, password: &str) -> Result<()> {
         let hash = hash_password(password.to_owned()).await?;
-        server.maps.userid_password.put(&server.db, user.as_bytes(), hash.as_bytes())
+        server
+            .maps
+            .userid_password
+            .put(&server.db, user.as_bytes(), hash.as_bytes())
     }
 
     /// Resolves an access token to its session. Expired refreshable tokens get `soft_logout`.
     pub fn authenticate(&self, server: &Server, token: &str) -> Result<Session> {
-        let raw = server.maps.tokenhash_session.get(hash_token(token))?.ok_or_else(|| Error::unknown_token(false))?;
+        let raw = server
+            .maps
+            .tokenhash_session
+            .get(hash_token(token))?
+            .ok_or_else(|| Error::unknown_token(false))?;
         let session: Session = serde_json::from_slice(&raw)?;
         if session.expires_at.is_some_and(|at| at <= now_ms()) {
             return Err(Error::unknown_token(true));
@@ -141,11 +171,15 @@ impl Users {
         client_ip: &str,
     ) -> Result<Tokens> {
         let maps = &server.maps;
-        let device_id = device_id.unwrap_or_else(|| OwnedDeviceId::from(rand_alnum(10).to_uppercase()));
+        let device_id =
+            device_id.unwrap_or_else(|| OwnedDeviceId::from(rand_alnum(10).to_uppercase()));
         let existing = self.device(maps, user, &device_id)?;
         let access_token = format!("spk_{}", rand_alnum(40));
         let (refresh_token, expires_in_ms) = if refreshable {
-            (Some(format!("spr_{}", rand_alnum(40))), Some(server.config.limits.refreshable_access_token_lifetime_ms))
+            (
+                Some(format!("spr_{}", rand_alnum(40))),
+                Some(server.config.limits.refreshable_access_token_lifetime_ms),
+            )
         } else {
             (None, None)
         };
@@ -162,22 +196,40 @@ impl Users {
             expires_at: expires_in_ms.map(|ms| now_ms() + ms),
         };
         let token_hash = hash_token(&access_token);
-        batch.put(&maps.tokenhash_session, &token_hash, serde_json::to_vec(&session)?);
+        batch.put(
+            &maps.tokenhash_session,
+            &token_hash,
+            serde_json::to_vec(&session)?,
+        );
         let refresh_hash = refresh_token.as_deref().map(hash_token);
         if let Some(refresh_hash) = &refresh_hash {
-            batch.put(&maps.refreshhash_session, refresh_hash, serde_json::to_vec(&session)?);
+            batch.put(
+                &maps.refreshhash_session,
+                refresh_hash,
+                serde_json::to_vec(&session)?,
+            );
         }
         let device = Device {
             device_id: device_id.clone(),
-            display_name: display_name.or_else(|| existing.as_ref().and_then(|d| d.display_name.clone())),
+            display_name: display_name
+                .or_else(|| existing.as_ref().and_then(|d| d.display_name.clone())),
             last_seen_ip: Some(client_ip.to_owned()),
             last_seen_ts: Some(now_ms()),
             token_hash,
             refresh_hash,
         };
-        batch.put(&maps.userdeviceid_device, Key::new().s(user.as_str()).s(device_id.as_str()).build(), serde_json::to_vec(&device)?);
+        batch.put(
+            &maps.userdeviceid_device,
+            Key::new().s(user.as_str()).s(device_id.as_str()).build(),
+            serde_json::to_vec(&device)?,
+        );
         server.db.commit(batch)?;
-        Ok(Tokens { access_token, refresh_token, expires_in_ms, device_id })
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in_ms,
+            device_id,
+        })
     }
 
     /// Exchanges a refresh token for new tokens; the old refresh token stops working.
@@ -188,12 +240,29 @@ impl Users {
             .get(hash_token(refresh_token))?
             .ok_or_else(|| Error::unknown_token(false))?;
         let session: Session = serde_json::from_slice(&raw)?;
-        let device = self.device(maps, &session.user_id, &session.device_id)?.ok_or_else(|| Error::unknown_token(false))?;
-        self.login(server, &session.user_id, Some(session.device_id), device.display_name, true, device.last_seen_ip.as_deref().unwrap_or(""))
+        let device = self
+            .device(maps, &session.user_id, &session.device_id)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        self.login(
+            server,
+            &session.user_id,
+            Some(session.device_id),
+            device.display_name,
+            true,
+            device.last_seen_ip.as_deref().unwrap_or(""),
+        )
     }
 
-    pub fn device(&self, maps: &Maps, user: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
-        match maps.userdeviceid_device.get(Key::new().s(user.as_str()).s(device_id.as_str()).build())? {
+    pub fn device(
+        &self,
+        maps: &Maps,
+        user: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Option<Device>> {
+        match maps
+            .userdeviceid_device
+            .get(Key::new().s(user.as_str()).s(device_id.as_str()).build())?
+        {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw)?)),
             None => Ok(None),
         }
@@ -209,21 +278,34 @@ impl Users {
     pub fn update_device(&self, server: &Server, user: &UserId, device: &Device) -> Result<()> {
         server.maps.userdeviceid_device.put(
             &server.db,
-            Key::new().s(user.as_str()).s(device.device_id.as_str()).build(),
+            Key::new()
+                .s(user.as_str())
+                .s(device.device_id.as_str())
+                .build(),
             serde_json::to_vec(device)?,
         )
     }
 
     /// Deletes a device and invalidates its tokens.
-    pub fn remove_device(&self, server: &Server, user: &UserId, device_id: &DeviceId) -> Result<()> {
+    pub fn remove_device(
+        &self,
+        server: &Server,
+        user: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<()> {
         let maps = &server.maps;
-        let Some(device) = self.device(maps, user, device_id)? else { return Ok(()) };
+        let Some(device) = self.device(maps, user, device_id)? else {
+            return Ok(());
+        };
         let mut batch = server.db.batch();
         batch.delete(&maps.tokenhash_session, &device.token_hash);
         if let Some(refresh) = &device.refresh_hash {
             batch.delete(&maps.refreshhash_session, refresh);
         }
-        batch.delete(&maps.userdeviceid_device, Key::new().s(user.as_str()).s(device_id.as_str()).build());
+        batch.delete(
+            &maps.userdeviceid_device,
+            Key::new().s(user.as_str()).s(device_id.as_str()).build(),
+        );
         server.db.commit(batch)
     }
 
@@ -235,7 +317,10 @@ impl Users {
     }
 
     pub fn set_profile(&self, server: &Server, user: &UserId, profile: &Profile) -> Result<()> {
-        server.maps.userid_profile.put(&server.db, user.as_bytes(), serde_json::to_vec(profile)?)
+        server
+            .maps
+            .userid_profile
+            .put(&server.db, user.as_bytes(), serde_json::to_vec(profile)?)
     }
 
     /// An OpenID token a third party (e.g. the MatrixRTC service) can check with
@@ -243,17 +328,28 @@ impl Users {
     pub fn openid_token(&self, server: &Server, user: &UserId, lifetime_ms: u64) -> Result<String> {
         let token = rand_alnum(40);
         let record = serde_json::json!({ "user_id": user, "expires_at": now_ms() + lifetime_ms });
-        server.maps.openidhash_user.put(&server.db, hash_token(&token), serde_json::to_vec(&record)?)?;
+        server.maps.openidhash_user.put(
+            &server.db,
+            hash_token(&token),
+            serde_json::to_vec(&record)?,
+        )?;
         Ok(token)
     }
 
     pub fn openid_user(&self, maps: &Maps, token: &str) -> Result<Option<OwnedUserId>> {
-        let Some(raw) = maps.openidhash_user.get(hash_token(token))? else { return Ok(None) };
+        let Some(raw) = maps.openidhash_user.get(hash_token(token))? else {
+            return Ok(None);
+        };
         let record: serde_json::Value = serde_json::from_slice(&raw)?;
-        if record["expires_at"].as_u64().is_none_or(|at| at <= now_ms()) {
+        if record["expires_at"]
+            .as_u64()
+            .is_none_or(|at| at <= now_ms())
+        {
             return Ok(None);
         }
-        Ok(record["user_id"].as_str().and_then(|s| OwnedUserId::try_from(s).ok()))
+        Ok(record["user_id"]
+            .as_str()
+            .and_then(|s| OwnedUserId::try_from(s).ok()))
     }
 
     /// Marks the account deactivated: no password, no devices, no profile. The caller leaves rooms.
@@ -263,7 +359,11 @@ impl Users {
         }
         let mut batch = server.db.batch();
         batch.delete(&server.maps.userid_password, user.as_bytes());
-        batch.put(&server.maps.userid_deactivated, user.as_bytes(), now_ms().to_be_bytes());
+        batch.put(
+            &server.maps.userid_deactivated,
+            user.as_bytes(),
+            now_ms().to_be_bytes(),
+        );
         batch.put(&server.maps.userid_profile, user.as_bytes(), b"{}");
         server.db.commit(batch)
     }

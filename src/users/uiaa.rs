@@ -1,12 +1,21 @@
 //! User-interactive authentication: sessions, stages, and the 401 challenge body.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
-use ruma::{OwnedUserId, UserId, api::client::uiaa::{AuthData, UserIdentifier}};
+use ruma::{
+    OwnedUserId, UserId,
+    api::client::uiaa::{AuthData, UserIdentifier},
+};
 use serde_json::{Map, Value, json};
 
-use crate::{error::{Error, Result}, server::{Server, rand_alnum}};
+use crate::{
+    error::{Error, Result},
+    server::{Server, rand_alnum},
+};
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
@@ -43,7 +52,15 @@ impl UiaaSessions {
             return Err(self.challenge(&session, flows, &params, None));
         };
         let session = match auth.session() {
-            Some(session) if self.sessions.lock().get(session).is_some_and(|s| s.endpoint == endpoint) => session.to_owned(),
+            Some(session)
+                if self
+                    .sessions
+                    .lock()
+                    .get(session)
+                    .is_some_and(|s| s.endpoint == endpoint) =>
+            {
+                session.to_owned()
+            }
             Some(_) => return Err(Error::forbidden("Unknown or expired UIA session")),
             // A client may complete a stage without a session (e.g. password first).
             None => self.start(endpoint),
@@ -51,62 +68,124 @@ impl UiaaSessions {
         let stage = match auth {
             AuthData::Dummy(_) => Some("m.login.dummy"),
             AuthData::Password(password) => {
-                let user = user.ok_or_else(|| Error::forbidden("Password authentication is not possible here"))?;
+                let user = user.ok_or_else(|| {
+                    Error::forbidden("Password authentication is not possible here")
+                })?;
                 let claimed = identifier_user(server, &password.identifier);
                 if claimed.as_deref() != Some(user) {
-                    return Err(self.challenge(&session, flows, &params, Some(Error::forbidden("Invalid username or password"))));
+                    return Err(self.challenge(
+                        &session,
+                        flows,
+                        &params,
+                        Some(Error::forbidden("Invalid username or password")),
+                    ));
                 }
-                if !server.users.check_password(&server.maps, user, &password.password).await? {
-                    return Err(self.challenge(&session, flows, &params, Some(Error::forbidden("Invalid username or password"))));
+                if !server
+                    .users
+                    .check_password(&server.maps, user, &password.password)
+                    .await?
+                {
+                    return Err(self.challenge(
+                        &session,
+                        flows,
+                        &params,
+                        Some(Error::forbidden("Invalid username or password")),
+                    ));
                 }
                 Some("m.login.password")
             }
-            AuthData::RegistrationToken(token) => {
-                match &server.config.registration.token {
-                    Some(expected) if constant_time_eq(expected.as_bytes(), token.token.as_bytes()) => {
-                        Some("m.login.registration_token")
-                    }
-                    _ => return Err(self.challenge(&session, flows, &params, Some(Error::forbidden("Invalid registration token")))),
+            AuthData::RegistrationToken(token) => match &server.config.registration.token {
+                Some(expected) if constant_time_eq(expected.as_bytes(), token.token.as_bytes()) => {
+                    Some("m.login.registration_token")
                 }
-            }
+                _ => {
+                    return Err(self.challenge(
+                        &session,
+                        flows,
+                        &params,
+                        Some(Error::forbidden("Invalid registration token")),
+                    ));
+                }
+            },
             _ => None,
         };
         let Some(stage) = stage else {
-            return Err(self.challenge(&session, flows, &params, Some(Error::unrecognized("Unsupported authentication type"))));
+            return Err(self.challenge(
+                &session,
+                flows,
+                &params,
+                Some(Error::unrecognized("Unsupported authentication type")),
+            ));
         };
         let allowed = flows.iter().any(|flow| flow.contains(&stage));
         if !allowed {
-            return Err(self.challenge(&session, flows, &params, Some(Error::invalid_param("Authentication type not allowed here"))));
+            return Err(self.challenge(
+                &session,
+                flows,
+                &params,
+                Some(Error::invalid_param("Authentication type not allowed here")),
+            ));
         }
         let done = {
             let mut sessions = self.sessions.lock();
-            let Some(entry) = sessions.get_mut(&session) else { return Err(Error::forbidden("Unknown UIA session")) };
+            let Some(entry) = sessions.get_mut(&session) else {
+                return Err(Error::forbidden("Unknown UIA session"));
+            };
             if !entry.completed.iter().any(|s| s == stage) {
                 entry.completed.push(stage.to_owned());
             }
-            let done = flows.iter().any(|flow| flow.iter().all(|s| entry.completed.iter().any(|c| c == s)));
+            let done = flows
+                .iter()
+                .any(|flow| flow.iter().all(|s| entry.completed.iter().any(|c| c == s)));
             if done {
                 sessions.remove(&session);
             }
             done
         };
-        if done { Ok(()) } else { Err(self.challenge(&session, flows, &params, None)) }
+        if done {
+            Ok(())
+        } else {
+            Err(self.challenge(&session, flows, &params, None))
+        }
     }
 
     fn start(&self, endpoint: &'static str) -> String {
         let session = rand_alnum(24);
-        self.sessions.lock().insert(session.clone(), UiaaSession { completed: vec![], created: Instant::now(), endpoint });
+        self.sessions.lock().insert(
+            session.clone(),
+            UiaaSession {
+                completed: vec![],
+                created: Instant::now(),
+                endpoint,
+            },
+        );
         session
     }
 
     fn expire(&self) {
-        self.sessions.lock().retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
+        self.sessions
+            .lock()
+            .retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
     }
 
-    fn challenge(&self, session: &str, flows: &Flows, params: &Map<String, Value>, error: Option<Error>) -> Error {
-        let completed = self.sessions.lock().get(session).map(|s| s.completed.clone()).unwrap_or_default();
+    fn challenge(
+        &self,
+        session: &str,
+        flows: &Flows,
+        params: &Map<String, Value>,
+        error: Option<Error>,
+    ) -> Error {
+        let completed = self
+            .sessions
+            .lock()
+            .get(session)
+            .map(|s| s.completed.clone())
+            .unwrap_or_default();
         let mut body = Map::new();
-        body.insert("flows".into(), Value::Array(flows.iter().map(|f| json!({ "stages": f })).collect()));
+        body.insert(
+            "flows".into(),
+            Value::Array(flows.iter().map(|f| json!({ "stages": f })).collect()),
+        );
         body.insert("params".into(), Value::Object(params.clone()));
         body.insert("session".into(), json!(session));
         if !completed.is_empty() {

@@ -11,7 +11,10 @@ use crate::{
     server::Server,
 };
 
-pub async fn create(server: Arc<Server>, request: Ruma<create_alias::v3::Request>) -> Result<create_alias::v3::Response> {
+pub async fn create(
+    server: Arc<Server>,
+    request: Ruma<create_alias::v3::Request>,
+) -> Result<create_alias::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     if !server.is_local(body.room_alias.server_name()) {
@@ -27,19 +30,32 @@ pub async fn create(server: Arc<Server>, request: Ruma<create_alias::v3::Request
     Ok(create_alias::v3::Response::new())
 }
 
-pub async fn get(server: Arc<Server>, request: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
+pub async fn get(
+    server: Arc<Server>,
+    request: Ruma<get_alias::v3::Request>,
+) -> Result<get_alias::v3::Response> {
     let alias_id = &request.body.room_alias;
     if !server.is_local(alias_id.server_name()) {
-        return Err(Error::not_found("Resolving aliases of other servers needs federation, which is not supported yet"));
+        return Err(Error::not_found(
+            "Resolving aliases of other servers needs federation, which is not supported yet",
+        ));
     }
-    let record = alias::resolve_local(&server, alias_id)?.ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(get_alias::v3::Response::new(record.room_id, vec![server.server_name().clone()]))
+    let record = alias::resolve_local(&server, alias_id)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    Ok(get_alias::v3::Response::new(
+        record.room_id,
+        vec![server.server_name().clone()],
+    ))
 }
 
-pub async fn delete(server: Arc<Server>, request: Ruma<delete_alias::v3::Request>) -> Result<delete_alias::v3::Response> {
+pub async fn delete(
+    server: Arc<Server>,
+    request: Ruma<delete_alias::v3::Request>,
+) -> Result<delete_alias::v3::Response> {
     let user = request.owned_user()?;
     let alias_id = &request.body.room_alias;
-    let record = alias::resolve_local(&server, alias_id)?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let record = alias::resolve_local(&server, alias_id)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
     // The creator may delete; so may anyone allowed to change the canonical alias.
     if record.creator != user {
         let power = PowerLevels::current(&server, &record.room_id)?;

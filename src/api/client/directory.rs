@@ -2,19 +2,40 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::{directory::{get_room_visibility, set_room_visibility}, room::Visibility};
+use ruma::api::client::{
+    directory::{get_room_visibility, set_room_visibility},
+    room::Visibility,
+};
 
-use crate::{api::ruma::Ruma, error::{Error, Result}, rooms::power::PowerLevels, server::Server};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    rooms::power::PowerLevels,
+    server::Server,
+};
 
-pub async fn get(server: Arc<Server>, request: Ruma<get_room_visibility::v3::Request>) -> Result<get_room_visibility::v3::Response> {
+pub async fn get(
+    server: Arc<Server>,
+    request: Ruma<get_room_visibility::v3::Request>,
+) -> Result<get_room_visibility::v3::Response> {
     if !server.rooms.exists(&server.maps, &request.body.room_id)? {
         return Err(Error::not_found("Unknown room"));
     }
-    let published = server.maps.roomid_published.contains(request.body.room_id.as_bytes())?;
-    Ok(get_room_visibility::v3::Response::new(if published { Visibility::Public } else { Visibility::Private }))
+    let published = server
+        .maps
+        .roomid_published
+        .contains(request.body.room_id.as_bytes())?;
+    Ok(get_room_visibility::v3::Response::new(if published {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
 }
 
-pub async fn set(server: Arc<Server>, request: Ruma<set_room_visibility::v3::Request>) -> Result<set_room_visibility::v3::Response> {
+pub async fn set(
+    server: Arc<Server>,
+    request: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response> {
     let user = request.owned_user()?;
     let room_id = &request.body.room_id;
     if !server.rooms.exists(&server.maps, room_id)? {
@@ -28,8 +49,16 @@ pub async fn set(server: Arc<Server>, request: Ruma<set_room_visibility::v3::Req
     }
     power.require(&user, required, "publish this room")?;
     match request.body.visibility {
-        Visibility::Public => server.maps.roomid_published.put(&server.db, room_id.as_bytes(), b"")?,
-        _ => server.maps.roomid_published.delete(&server.db, room_id.as_bytes())?,
+        Visibility::Public => {
+            server
+                .maps
+                .roomid_published
+                .put(&server.db, room_id.as_bytes(), b"")?
+        }
+        _ => server
+            .maps
+            .roomid_published
+            .delete(&server.db, room_id.as_bytes())?,
     }
     Ok(set_room_visibility::v3::Response::new())
 }

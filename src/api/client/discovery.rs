@@ -2,17 +2,24 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::{discovery::{get_capabilities, get_supported_versions}, session::get_login_types};
+use ruma::api::client::{
+    discovery::{get_capabilities, get_supported_versions},
+    session::get_login_types,
+};
 use serde_json::{Value, json};
 
 use crate::{api::ruma::Ruma, error::Result, rooms::version, server::Server};
 
 /// Spec versions whose client-server features this server implements.
 pub const SPEC_VERSIONS: &[&str] = &[
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+    "v1.9", "v1.10",
 ];
 
-pub async fn versions(_server: Arc<Server>, _request: Ruma<get_supported_versions::Request>) -> Result<Value> {
+pub async fn versions(
+    _server: Arc<Server>,
+    _request: Ruma<get_supported_versions::Request>,
+) -> Result<Value> {
     Ok(json!({
         "versions": SPEC_VERSIONS,
         "unstable_features": {
@@ -32,9 +39,14 @@ pub fn well_known_server(server: &Server) -> Value {
     json!({ "m.server": format!("{}:8448", server.server_name().host()) })
 }
 
-pub async fn capabilities(server: Arc<Server>, _request: Ruma<get_capabilities::v3::Request>) -> Result<Value> {
-    let available: serde_json::Map<String, Value> =
-        version::SUPPORTED.iter().map(|v| (v.to_string(), json!("stable"))).collect();
+pub async fn capabilities(
+    server: Arc<Server>,
+    _request: Ruma<get_capabilities::v3::Request>,
+) -> Result<Value> {
+    let available: serde_json::Map<String, Value> = version::SUPPORTED
+        .iter()
+        .map(|v| (v.to_string(), json!("stable")))
+        .collect();
     Ok(json!({
         "capabilities": {
             "m.room_versions": { "default": server.config.default_room_version.as_str(), "available": available },
@@ -48,6 +60,9 @@ pub async fn capabilities(server: Arc<Server>, _request: Ruma<get_capabilities::
     }))
 }
 
-pub async fn login_types(_server: Arc<Server>, _request: Ruma<get_login_types::v3::Request>) -> Result<Value> {
+pub async fn login_types(
+    _server: Arc<Server>,
+    _request: Ruma<get_login_types::v3::Request>,
+) -> Result<Value> {
     Ok(json!({ "flows": [{ "type": "m.login.password" }] }))
 }

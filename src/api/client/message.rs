@@ -6,7 +6,12 @@ use ruma::{
     OwnedUserId, RoomId, UserId,
     api::{
         Direction,
-        client::{context::get_context, filter::RoomEventFilter, message::{get_message_events, send_message_event}, redact::redact_event},
+        client::{
+            context::get_context,
+            filter::RoomEventFilter,
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+        },
     },
     events::{StateEventType, TimelineEventType},
 };
@@ -16,12 +21,22 @@ use super::membership::readable_group;
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
-    rooms::{Membership, membership::require_joined, pdu::PduRef, power::PowerLevels, timeline::{self, NewEvent, Txn}, visibility},
+    rooms::{
+        Membership,
+        membership::require_joined,
+        pdu::PduRef,
+        power::PowerLevels,
+        timeline::{self, NewEvent, Txn},
+        visibility,
+    },
     server::Server,
     sync::{filter, format, parse_token, token},
 };
 
-pub async fn send(server: Arc<Server>, request: Ruma<send_message_event::v3::Request>) -> Result<send_message_event::v3::Response> {
+pub async fn send(
+    server: Arc<Server>,
+    request: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
     let user = request.owned_user()?;
     let device = request.owned_device()?;
     let body = &request.body;
@@ -30,8 +45,14 @@ pub async fn send(server: Arc<Server>, request: Ruma<send_message_event::v3::Req
     }
     require_joined(&server, &body.room_id, &user)?;
     let content: Value = serde_json::from_str(body.body.json().get())?;
-    let event = NewEvent::message(TimelineEventType::from(body.event_type.to_string()), content);
-    let txn = Txn { device_id: device, txn_id: body.txn_id.to_string() };
+    let event = NewEvent::message(
+        TimelineEventType::from(body.event_type.to_string()),
+        content,
+    );
+    let txn = Txn {
+        device_id: device,
+        txn_id: body.txn_id.to_string(),
+    };
     let _lock = server.rooms.lock(&body.room_id).await;
     // Checked again under the room lock: two requests with one txn id must give one event.
     if let Some(event_id) = timeline::txn_event(&server, &user, &txn.device_id, &txn.txn_id)? {
@@ -41,7 +62,10 @@ pub async fn send(server: Arc<Server>, request: Ruma<send_message_event::v3::Req
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }
 
-pub async fn redact(server: Arc<Server>, request: Ruma<redact_event::v3::Request>) -> Result<redact_event::v3::Response> {
+pub async fn redact(
+    server: Arc<Server>,
+    request: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
     let user = request.owned_user()?;
     let device = request.owned_device()?;
     let body = &request.body;
@@ -57,7 +81,9 @@ pub async fn redact(server: Arc<Server>, request: Ruma<redact_event::v3::Request
     if target.sender != user {
         let power = PowerLevels::current(&server, &body.room_id)?;
         if !power.can_redact_others(&user) {
-            return Err(Error::forbidden("You don't have permission to redact this event"));
+            return Err(Error::forbidden(
+                "You don't have permission to redact this event",
+            ));
         }
     }
     let mut content = serde_json::Map::new();
@@ -66,7 +92,10 @@ pub async fn redact(server: Arc<Server>, request: Ruma<redact_event::v3::Request
     }
     let mut event = NewEvent::message(TimelineEventType::RoomRedaction, Value::Object(content));
     event.redacts = Some(body.event_id.clone());
-    let txn = Txn { device_id: device, txn_id: body.txn_id.to_string() };
+    let txn = Txn {
+        device_id: device,
+        txn_id: body.txn_id.to_string(),
+    };
     let _lock = server.rooms.lock(&body.room_id).await;
     if let Some(event_id) = timeline::txn_event(&server, &user, &txn.device_id, &txn.txn_id)? {
         return Ok(redact_event::v3::Response::new(event_id));
@@ -81,66 +110,122 @@ fn reader(server: &Server, room_id: &RoomId, user: &UserId) -> Result<Option<Mem
     server.rooms.membership(&server.maps, room_id, user)
 }
 
-/// Visible events after filtering, walking in `dir` from `start` (inclusive) and stopping at
-/// `stop` (exclusive) or `limit` matches. Returns the events and whether the walk ended early.
-fn walk(
-    server: &Server,
-    user: &UserId,
-    room_id: &RoomId,
+/// A walk along a room's timeline: from `start` (inclusive) in one direction, stopping before
+/// `stop` or after `limit` events that pass the filter and the reader's visibility.
+struct Walk<'a> {
     start: u64,
     stop: Option<u64>,
     forward: bool,
     limit: usize,
-    filter: &RoomEventFilter,
+    filter: &'a RoomEventFilter,
+}
+
+/// Events found by a walk, and whether more would follow.
+struct Page {
+    events: Vec<(u64, PduRef)>,
+    more: bool,
+}
+
+fn walk(
+    server: &Server,
+    user: &UserId,
     current: Option<&Membership>,
-) -> Result<(Vec<(u64, PduRef)>, Option<u64>)> {
-    let mut out = Vec::new();
-    let mut cursor = start;
+    room_id: &RoomId,
+    walk: Walk<'_>,
+) -> Result<Page> {
+    let mut events = Vec::new();
+    let mut cursor = walk.start;
     loop {
-        let page = if forward {
-            server.rooms.timeline_asc(&server.maps, room_id, cursor, stop.unwrap_or(u64::MAX), 100)?
+        let page = if walk.forward {
+            server.rooms.timeline_asc(
+                &server.maps,
+                room_id,
+                cursor,
+                walk.stop.unwrap_or(u64::MAX),
+                100,
+            )?
         } else {
-            server.rooms.timeline_desc(&server.maps, room_id, stop.unwrap_or(0), cursor, 100)?
+            server.rooms.timeline_desc(
+                &server.maps,
+                room_id,
+                walk.stop.unwrap_or(0),
+                cursor,
+                100,
+            )?
         };
         if page.is_empty() {
-            return Ok((out, None));
+            return Ok(Page {
+                events,
+                more: false,
+            });
         }
         for (count, pdu) in &page {
-            if out.len() == limit {
-                return Ok((out, Some(*count)));
+            if events.len() == walk.limit {
+                return Ok(Page { events, more: true });
             }
-            cursor = if forward { count + 1 } else { count.saturating_sub(1) };
-            if !filter::room_event_allowed(filter, pdu) {
+            cursor = if walk.forward {
+                count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+            if !filter::room_event_allowed(walk.filter, pdu) {
                 continue;
             }
-            let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else { continue };
+            let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
+                continue;
+            };
             if visibility::can_see(server, user, pdu, &meta, current)? {
-                out.push((*count, pdu.clone()));
+                events.push((*count, pdu.clone()));
             }
         }
-        if page.len() < 100 || (!forward && cursor == 0) {
-            return Ok((out, None));
+        if page.len() < 100 || (!walk.forward && cursor == 0) {
+            return Ok(Page {
+                events,
+                more: false,
+            });
         }
     }
 }
 
 /// Member events of the chunk's senders (for lazy-loading clients).
-fn lazy_members(server: &Server, room_id: &RoomId, events: &[(u64, PduRef)], device: Option<&ruma::DeviceId>) -> Result<Vec<Value>> {
+fn lazy_members(
+    server: &Server,
+    events: &[(u64, PduRef)],
+    device: Option<&ruma::DeviceId>,
+) -> Result<Vec<Value>> {
     let senders: BTreeSet<OwnedUserId> = events.iter().map(|(_, p)| p.sender.clone()).collect();
     let mut state = Vec::new();
     for sender in senders {
-        let Some((_, first)) = events.iter().find(|(_, p)| p.sender == sender) else { continue };
-        let Some(meta) = server.rooms.event_meta(&server.maps, &first.event_id)? else { continue };
+        let Some((_, first)) = events.iter().find(|(_, p)| p.sender == sender) else {
+            continue;
+        };
+        let Some(meta) = server.rooms.event_meta(&server.maps, &first.event_id)? else {
+            continue;
+        };
         let group = server.rooms.load_state(&server.maps, meta.state_before)?;
-        if let Some(member) = server.rooms.state_event(&server.maps, &group, &StateEventType::RoomMember, sender.as_str())? {
+        if let Some(member) = server.rooms.state_event(
+            &server.maps,
+            &group,
+            &StateEventType::RoomMember,
+            sender.as_str(),
+        )? {
             let member_meta = server.rooms.event_meta(&server.maps, &member.event_id)?;
-            state.push(format::client_event(server, &member, member_meta.as_deref(), device, true)?);
+            state.push(format::client_event(
+                server,
+                &member,
+                member_meta.as_deref(),
+                device,
+                true,
+            )?);
         }
     }
     Ok(state)
 }
 
-pub async fn messages(server: Arc<Server>, request: Ruma<get_message_events::v3::Request>) -> Result<Value> {
+pub async fn messages(
+    server: Arc<Server>,
+    request: Ruma<get_message_events::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     let body = &request.body;
     let current = reader(&server, &body.room_id, &user)?;
@@ -154,10 +239,27 @@ pub async fn messages(server: Arc<Server>, request: Ruma<get_message_events::v3:
     };
     let to = body.to.as_deref().map(parse_token).transpose()?;
     // Backwards from `s<n>` covers events `<= n`; forwards covers events `> n`.
-    let (start, stop) = if forward { (from.saturating_add(1), to.map(|t| t.saturating_add(1))) } else { (from, to) };
-    let (events, more_at) = walk(&server, &user, &body.room_id, start, stop, forward, limit, &body.filter, current.as_ref())?;
+    let (start, stop) = if forward {
+        (from.saturating_add(1), to.map(|t| t.saturating_add(1)))
+    } else {
+        (from, to)
+    };
+    let page = walk(
+        &server,
+        &user,
+        current.as_ref(),
+        &body.room_id,
+        Walk {
+            start,
+            stop,
+            forward,
+            limit,
+            filter: &body.filter,
+        },
+    )?;
     let device = request.device().ok();
-    let chunk = events
+    let chunk = page
+        .events
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(&server.maps, &pdu.event_id)?;
@@ -166,35 +268,79 @@ pub async fn messages(server: Arc<Server>, request: Ruma<get_message_events::v3:
         .collect::<Result<Vec<_>>>()?;
     let mut response = serde_json::Map::new();
     response.insert("start".into(), json!(token(from)));
-    if more_at.is_some() {
-        if let Some((count, _)) = events.last() {
-            let end = if forward { *count } else { count.saturating_sub(1) };
-            response.insert("end".into(), json!(token(end)));
-        }
+    if page.more
+        && let Some((count, _)) = page.events.last()
+    {
+        let end = if forward {
+            *count
+        } else {
+            count.saturating_sub(1)
+        };
+        response.insert("end".into(), json!(token(end)));
     }
     if filter::lazy_members(&body.filter) {
-        response.insert("state".into(), Value::Array(lazy_members(&server, &body.room_id, &events, device)?));
+        response.insert(
+            "state".into(),
+            Value::Array(lazy_members(&server, &page.events, device)?),
+        );
     }
     response.insert("chunk".into(), Value::Array(chunk));
     Ok(Value::Object(response))
 }
 
-pub async fn context(server: Arc<Server>, request: Ruma<get_context::v3::Request>) -> Result<Value> {
+pub async fn context(
+    server: Arc<Server>,
+    request: Ruma<get_context::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     let body = &request.body;
     let maps = &server.maps;
     let current = reader(&server, &body.room_id, &user)?;
     let not_found = || Error::not_found("Event not found");
-    let pdu = server.rooms.pdu(maps, &body.event_id)?.filter(|p| p.room_id == body.room_id).ok_or_else(not_found)?;
-    let meta = server.rooms.event_meta(maps, &pdu.event_id)?.ok_or_else(not_found)?;
+    let pdu = server
+        .rooms
+        .pdu(maps, &body.event_id)?
+        .filter(|p| p.room_id == body.room_id)
+        .ok_or_else(not_found)?;
+    let meta = server
+        .rooms
+        .event_meta(maps, &pdu.event_id)?
+        .ok_or_else(not_found)?;
     if !visibility::can_see(&server, &user, &pdu, &meta, current.as_ref())? {
         return Err(not_found());
     }
     let limit = u64::from(body.limit).min(100) as usize;
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
-    let (before, _) = walk(&server, &user, &body.room_id, meta.count.saturating_sub(1), None, false, before_limit, &body.filter, current.as_ref())?;
-    let (after, _) = walk(&server, &user, &body.room_id, meta.count + 1, None, true, after_limit, &body.filter, current.as_ref())?;
+    let reader = (&*user, current.as_ref());
+    let before = walk(
+        &server,
+        reader.0,
+        reader.1,
+        &body.room_id,
+        Walk {
+            start: meta.count.saturating_sub(1),
+            stop: None,
+            forward: false,
+            limit: before_limit,
+            filter: &body.filter,
+        },
+    )?
+    .events;
+    let after = walk(
+        &server,
+        reader.0,
+        reader.1,
+        &body.room_id,
+        Walk {
+            start: meta.count + 1,
+            stop: None,
+            forward: true,
+            limit: after_limit,
+            filter: &body.filter,
+        },
+    )?
+    .events;
     let device = request.device().ok();
     let render = |events: &[(u64, PduRef)]| -> Result<Vec<Value>> {
         events
@@ -205,24 +351,42 @@ pub async fn context(server: Arc<Server>, request: Ruma<get_context::v3::Request
             })
             .collect()
     };
-    let start = before.last().map_or(meta.count.saturating_sub(1), |(c, _)| c.saturating_sub(1));
+    let start = before
+        .last()
+        .map_or(meta.count.saturating_sub(1), |(c, _)| c.saturating_sub(1));
     let end = after.last().map_or(meta.count, |(c, _)| *c);
     // State at the last returned event.
     let last_meta = match after.last() {
-        Some((_, last)) => server.rooms.event_meta(maps, &last.event_id)?.ok_or_else(not_found)?,
+        Some((_, last)) => server
+            .rooms
+            .event_meta(maps, &last.event_id)?
+            .ok_or_else(not_found)?,
         None => meta.clone(),
     };
     let state_map = server.rooms.load_state(maps, last_meta.state_after)?;
     let mut state = Vec::new();
     let lazy = filter::lazy_members(&body.filter);
-    let senders: BTreeSet<&UserId> =
-        before.iter().chain(after.iter()).map(|(_, p)| &*p.sender).chain(std::iter::once(&*pdu.sender)).collect();
+    let senders: BTreeSet<&UserId> = before
+        .iter()
+        .chain(after.iter())
+        .map(|(_, p)| &*p.sender)
+        .chain(std::iter::once(&*pdu.sender))
+        .collect();
     for event in server.rooms.state_events(maps, &state_map)? {
-        if lazy && event.kind == TimelineEventType::RoomMember && !event.state_user().is_some_and(|u| senders.contains(u)) {
+        if lazy
+            && event.kind == TimelineEventType::RoomMember
+            && !event.state_user().is_some_and(|u| senders.contains(u))
+        {
             continue;
         }
         let event_meta = server.rooms.event_meta(maps, &event.event_id)?;
-        state.push(format::client_event(&server, &event, event_meta.as_deref(), device, true)?);
+        state.push(format::client_event(
+            &server,
+            &event,
+            event_meta.as_deref(),
+            device,
+            true,
+        )?);
     }
     Ok(json!({
         "event": format::client_event(&server, &pdu, Some(&meta), device, true)?,

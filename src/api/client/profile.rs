@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use ruma::{
     UserId,
-    api::client::profile::{delete_profile_field, get_profile, get_profile_field, set_profile_field},
+    api::client::profile::{
+        delete_profile_field, get_profile, get_profile_field, set_profile_field,
+    },
     events::TimelineEventType,
 };
 use serde_json::{Value, json};
@@ -23,7 +25,9 @@ const MAX_PROFILE_BYTES: usize = 64 * 1024;
 
 fn profile_of(server: &Server, user: &UserId) -> Result<Profile> {
     if !server.is_local(user.server_name()) {
-        return Err(Error::not_found("Profiles of users on other servers need federation, which is not supported yet"));
+        return Err(Error::not_found(
+            "Profiles of users on other servers need federation, which is not supported yet",
+        ));
     }
     if !server.users.exists(&server.maps, user)? {
         return Err(Error::not_found("User not found"));
@@ -39,7 +43,10 @@ pub async fn get(server: Arc<Server>, request: Ruma<get_profile::v3::Request>) -
     Ok(profile_json(&profile_of(&server, &request.body.user_id)?))
 }
 
-pub async fn get_field(server: Arc<Server>, request: Ruma<get_profile_field::v3::Request>) -> Result<Value> {
+pub async fn get_field(
+    server: Arc<Server>,
+    request: Ruma<get_profile_field::v3::Request>,
+) -> Result<Value> {
     let profile = profile_json(&profile_of(&server, &request.body.user_id)?);
     let field = request.body.field.as_str();
     match profile.get(field) {
@@ -48,7 +55,10 @@ pub async fn get_field(server: Arc<Server>, request: Ruma<get_profile_field::v3:
     }
 }
 
-pub async fn set_field(server: Arc<Server>, request: Ruma<set_profile_field::v3::Request>) -> Result<Value> {
+pub async fn set_field(
+    server: Arc<Server>,
+    request: Ruma<set_profile_field::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     if request.body.user_id != user {
         return Err(Error::forbidden("You may only change your own profile"));
@@ -59,7 +69,10 @@ pub async fn set_field(server: Arc<Server>, request: Ruma<set_profile_field::v3:
     Ok(json!({}))
 }
 
-pub async fn delete_field(server: Arc<Server>, request: Ruma<delete_profile_field::v3::Request>) -> Result<Value> {
+pub async fn delete_field(
+    server: Arc<Server>,
+    request: Ruma<delete_profile_field::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     if request.body.user_id != user {
         return Err(Error::forbidden("You may only change your own profile"));
@@ -90,7 +103,11 @@ async fn update(server: &Server, user: &UserId, field: &str, value: Option<Value
         },
     }
     if serde_json::to_vec(&profile)?.len() > MAX_PROFILE_BYTES {
-        return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_PROFILE_TOO_LARGE", "Profile is too large"));
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_PROFILE_TOO_LARGE",
+            "Profile is too large",
+        ));
     }
     server.users.set_profile(server, user, &profile)?;
     if field == "displayname" || field == "avatar_url" {
@@ -102,11 +119,17 @@ async fn update(server: &Server, user: &UserId, field: &str, value: Option<Value
 /// Sends an updated join event into every joined room (best effort: a room whose rules refuse
 /// it keeps the old profile).
 async fn propagate(server: &Server, user: &UserId, profile: &Profile) {
-    let Ok(rooms) = server.rooms.rooms_of(&server.maps, user) else { return };
+    let Ok(rooms) = server.rooms.rooms_of(&server.maps, user) else {
+        return;
+    };
     for (room_id, membership) in rooms.into_iter().filter(|(_, m)| m.membership == "join") {
-        let Ok(Some(current)) = server.rooms.pdu(&server.maps, &membership.event_id) else { continue };
+        let Ok(Some(current)) = server.rooms.pdu(&server.maps, &membership.event_id) else {
+            continue;
+        };
         let mut content = current.content_value();
-        let Some(object) = content.as_object_mut() else { continue };
+        let Some(object) = content.as_object_mut() else {
+            continue;
+        };
         object.remove("displayname");
         object.remove("avatar_url");
         object.remove("join_authorised_via_users_server");

@@ -15,12 +15,22 @@ use crate::{
     users::uiaa,
 };
 
-pub async fn login(server: Arc<Server>, request: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
+pub async fn login(
+    server: Arc<Server>,
+    request: Ruma<login::v3::Request>,
+) -> Result<login::v3::Response> {
     let ip = request.client.ip().to_string();
     let LoginInfo::Password(password) = &request.body.login_info else {
-        return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type"));
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unsupported login type",
+        ));
     };
-    let user = match (&password.identifier, &password.user) {
+    // `user` is deprecated since r0.4 but old clients still send it.
+    #[allow(deprecated)]
+    let legacy_user = &password.user;
+    let user = match (&password.identifier, legacy_user) {
         (Some(identifier), _) => uiaa::identifier_user(&server, identifier),
         // The deprecated top-level `user` field.
         (None, Some(user)) => uiaa::parse_user(&server, user),
@@ -35,7 +45,11 @@ pub async fn login(server: Arc<Server>, request: Ruma<login::v3::Request>) -> Re
     if server.users.is_deactivated(&server.maps, &user)? {
         return Err(Error::user_deactivated("This account has been deactivated"));
     }
-    if !server.users.check_password(&server.maps, &user, &password.password).await? {
+    if !server
+        .users
+        .check_password(&server.maps, &user, &password.password)
+        .await?
+    {
         server.ratelimit.hit(Limit::FailedLogin, &ip);
         server.ratelimit.hit(Limit::FailedLogin, user.as_str());
         return Err(Error::forbidden("Invalid username or password"));
@@ -54,20 +68,33 @@ pub async fn login(server: Arc<Server>, request: Ruma<login::v3::Request>) -> Re
     Ok(response)
 }
 
-pub async fn logout(server: Arc<Server>, request: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
-    server.users.remove_device(&server, request.user()?, request.device()?)?;
+pub async fn logout(
+    server: Arc<Server>,
+    request: Ruma<logout::v3::Request>,
+) -> Result<logout::v3::Response> {
+    server
+        .users
+        .remove_device(&server, request.user()?, request.device()?)?;
     Ok(logout::v3::Response::new())
 }
 
-pub async fn logout_all(server: Arc<Server>, request: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
+pub async fn logout_all(
+    server: Arc<Server>,
+    request: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response> {
     let user = request.owned_user()?;
     for device in server.users.devices(&server.maps, &user)? {
-        server.users.remove_device(&server, &user, &device.device_id)?;
+        server
+            .users
+            .remove_device(&server, &user, &device.device_id)?;
     }
     Ok(logout_all::v3::Response::new())
 }
 
-pub async fn refresh(server: Arc<Server>, request: Ruma<refresh_token::v3::Request>) -> Result<refresh_token::v3::Response> {
+pub async fn refresh(
+    server: Arc<Server>,
+    request: Ruma<refresh_token::v3::Request>,
+) -> Result<refresh_token::v3::Response> {
     let tokens = server.users.refresh(&server, &request.body.refresh_token)?;
     let mut response = refresh_token::v3::Response::new(tokens.access_token);
     response.refresh_token = tokens.refresh_token;

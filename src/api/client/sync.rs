@@ -16,7 +16,10 @@ use crate::{
     users::filters,
 };
 
-pub async fn sync_v3(server: Arc<Server>, request: Ruma<sync_events::v3::Request>) -> Result<Value> {
+pub async fn sync_v3(
+    server: Arc<Server>,
+    request: Ruma<sync_events::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     let device = request.owned_device()?;
     let body = &request.body;
@@ -24,8 +27,10 @@ pub async fn sync_v3(server: Arc<Server>, request: Ruma<sync_events::v3::Request
         None => FilterDefinition::default(),
         Some(Filter::FilterDefinition(definition)) => definition.clone(),
         Some(Filter::FilterId(id)) => {
-            let stored = filters::get(&server, &user, id)?.ok_or_else(|| Error::not_found("Unknown filter"))?;
-            serde_json::from_value(stored).map_err(|_| Error::invalid_param("Stored filter is invalid"))?
+            let stored = filters::get(&server, &user, id)?
+                .ok_or_else(|| Error::not_found("Unknown filter"))?;
+            serde_json::from_value(stored)
+                .map_err(|_| Error::invalid_param("Stored filter is invalid"))?
         }
         Some(_) => return Err(Error::invalid_param("Invalid filter")),
     };
@@ -43,7 +48,10 @@ pub async fn sync_v3(server: Arc<Server>, request: Ruma<sync_events::v3::Request
     sync::v3::sync(&server, params).await
 }
 
-pub async fn create(server: Arc<Server>, request: Ruma<create_filter::v3::Request>) -> Result<create_filter::v3::Response> {
+pub async fn create(
+    server: Arc<Server>,
+    request: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
     let user = request.owned_user()?;
     if request.body.user_id != user {
         return Err(Error::forbidden("You may only create filters for yourself"));
@@ -58,6 +66,7 @@ pub async fn get(server: Arc<Server>, request: Ruma<get_filter::v3::Request>) ->
     if request.body.user_id != user {
         return Err(Error::forbidden("You may only read your own filters"));
     }
-    let filter = filters::get(&server, &user, &request.body.filter_id)?.ok_or_else(|| Error::not_found("Unknown filter"))?;
+    let filter = filters::get(&server, &user, &request.body.filter_id)?
+        .ok_or_else(|| Error::not_found("Unknown filter"))?;
     Ok(if filter.is_null() { json!({}) } else { filter })
 }

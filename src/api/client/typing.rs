@@ -4,9 +4,17 @@ use std::sync::Arc;
 
 use ruma::api::client::typing::create_typing_event::{self, v3::Typing};
 
-use crate::{api::ruma::Ruma, error::{Error, Result}, rooms::membership::require_joined, server::Server};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    rooms::membership::require_joined,
+    server::Server,
+};
 
-pub async fn set(server: Arc<Server>, request: Ruma<create_typing_event::v3::Request>) -> Result<create_typing_event::v3::Response> {
+pub async fn set(
+    server: Arc<Server>,
+    request: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     if body.user_id != user {

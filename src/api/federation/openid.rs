@@ -4,9 +4,16 @@ use std::sync::Arc;
 
 use ruma::api::federation::openid::get_openid_userinfo;
 
-use crate::{api::ruma::Ruma, error::{Error, Result}, server::Server};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    server::Server,
+};
 
-pub async fn userinfo(server: Arc<Server>, request: Ruma<get_openid_userinfo::v1::Request>) -> Result<get_openid_userinfo::v1::Response> {
+pub async fn userinfo(
+    server: Arc<Server>,
+    request: Ruma<get_openid_userinfo::v1::Request>,
+) -> Result<get_openid_userinfo::v1::Response> {
     let user = server
         .users
         .openid_user(&server.maps, &request.body.access_token)?
