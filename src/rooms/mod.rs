@@ -80,8 +80,8 @@ impl Rooms {
         let cap = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             state: StateStore::new(maps, config.storage.state_cache_entries)?,
-            pdus: Mutex::new(LruCache::new(cap(50_000))),
-            metas: Mutex::new(LruCache::new(cap(50_000))),
+            pdus: Mutex::new(LruCache::new(cap(20_000))),
+            metas: Mutex::new(LruCache::new(cap(20_000))),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             local_members: Mutex::new(HashMap::new()),

@@ -38,6 +38,9 @@ impl Db {
         db_opts.set_max_open_files(512);
         db_opts.set_keep_log_file_num(3);
         db_opts.increase_parallelism(2);
+        // Small memtables (arena blocks are 1/8 of this) bounded in total: most maps are tiny,
+        // and an idle server should stay within a few tens of MB.
+        db_opts.set_db_write_buffer_size(64 << 20);
         // The WAL is on by default; never disable it: it is what makes writes survive `kill -9`.
         let descriptors = maps::CATALOG.iter().map(|desc| {
             let mut opts = Options::default();
@@ -46,6 +49,7 @@ impl Db {
             table.set_bloom_filter(10.0, false);
             opts.set_block_based_table_factory(&table);
             opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            opts.set_write_buffer_size(4 << 20);
             if desc.merge_max_u64 {
                 opts.set_merge_operator_associative("max_u64", merge_max_u64);
             }

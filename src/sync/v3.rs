@@ -67,6 +67,23 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
+    // Account data changed in the window, read once: global entries and per-room entries.
+    let mut room_account_data: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut global_account_data = Vec::new();
+    for (room, kind, content) in
+        account_data::changes_since(&server.maps, &params.user, since.unwrap_or(0))?
+    {
+        if room.is_empty() {
+            if filter::type_only_allowed(&params.filter.account_data, &kind) {
+                global_account_data.push(json!({ "type": kind, "content": content }));
+            }
+        } else if filter::room_type_allowed(&params.filter.room.account_data, &kind) {
+            room_account_data
+                .entry(room)
+                .or_default()
+                .push(json!({ "type": kind, "content": content }));
+        }
+    }
     let rooms = server.rooms.rooms_of(&server.maps, &params.user)?;
     for (room_id, membership) in rooms {
         if !filter::room_allowed(&params.filter, &room_id) {
@@ -83,8 +100,18 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
         };
         match membership.membership.as_str() {
             "join" => {
-                if let Some(room) = joined_room(server, params, &room_id, &membership, since, now)?
-                {
+                let account_data = room_account_data
+                    .remove(room_id.as_str())
+                    .unwrap_or_default();
+                if let Some(room) = joined_room(
+                    server,
+                    params,
+                    &room_id,
+                    &membership,
+                    since,
+                    now,
+                    account_data,
+                )? {
                     join.insert(room_id.to_string(), room);
                 }
             }
@@ -113,15 +140,6 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
                 }
             }
             _ => {}
-        }
-    }
-
-    let mut global_account_data = Vec::new();
-    for (room, kind, content) in
-        account_data::changes_since(&server.maps, &params.user, since.unwrap_or(0))?
-    {
-        if room.is_empty() && filter::type_only_allowed(&params.filter.account_data, &kind) {
-            global_account_data.push(json!({ "type": kind, "content": content }));
         }
     }
 
@@ -249,6 +267,7 @@ fn joined_room(
     membership: &Membership,
     since: Option<u64>,
     now: u64,
+    room_account_data: Vec<Value>,
 ) -> Result<Option<Value>> {
     let maps = &server.maps;
     let newly_joined = since.is_none_or(|s| membership.last_join_count.is_some_and(|j| j > s));
@@ -256,15 +275,6 @@ fn joined_room(
     let last = server.rooms.last_count(maps, room_id)?;
     let (typing_count, typing_users) = server.typing.get(room_id);
     let typing_changed = since.is_none_or(|s| typing_count > s && typing_count <= now);
-    let room_account_data: Vec<Value> = account_data::changes_since(maps, &params.user, from)?
-        .into_iter()
-        .filter(|(room, kind, _)| {
-            room == room_id.as_str()
-                && filter::room_type_allowed(&params.filter.room.account_data, kind)
-        })
-        .map(|(_, kind, content)| json!({ "type": kind, "content": content }))
-        .collect();
-
     let has_new_events = since.is_none_or(|s| last > s);
     if !has_new_events
         && !params.full_state
