@@ -19,6 +19,8 @@ pub struct Error {
     pub message: Cow<'static, str>,
     /// Extra top-level fields of the error body (`retry_after_ms`, `soft_logout`, UIA flows ...).
     pub extra: Option<Box<Map<String, Value>>>,
+    /// Send `Connection: close` (the request body was not read, so the connection is unusable).
+    pub close: bool,
 }
 
 macro_rules! constructors {
@@ -69,12 +71,21 @@ impl Error {
             errcode,
             message: message.into(),
             extra: None,
+            close: false,
         }
     }
 
     /// `409 M_UNKNOWN`: a resource (alias ...) is already taken, as the spec asks.
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, "M_UNKNOWN", message)
+    }
+
+    /// `413 M_TOO_LARGE` for a body that was not read: the connection is closed after it.
+    pub fn too_large_closing(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            close: true,
+            ..Self::too_large(message)
+        }
     }
 
     /// `405 M_UNRECOGNIZED`: known path, wrong method.
@@ -121,6 +132,7 @@ impl Error {
             errcode: "",
             message: Cow::Borrowed(""),
             extra: Some(Box::new(body)),
+            close: false,
         }
     }
 
@@ -170,6 +182,9 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

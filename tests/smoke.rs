@@ -13,5 +13,10 @@ async fn register_create_send_sync() {
     let event_id = server.send_text(&alice, &room, "hello").await;
     let sync = server.sync(&alice, "").await;
     let events = timeline(&sync, &room);
-    assert!(events.iter().any(|e| e["event_id"] == event_id.as_str() && e["content"]["body"] == "hello"), "{sync}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event_id"] == event_id.as_str() && e["content"]["body"] == "hello"),
+        "{sync}"
+    );
 }

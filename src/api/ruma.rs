@@ -161,7 +161,8 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(Error::too_large(format!(
+        // Answered without reading the body, so the connection cannot be reused.
+        return Err(Error::too_large_closing(format!(
             "Request body is larger than {limit} bytes"
         )));
     }
@@ -170,7 +171,7 @@ pub async fn read_body(
         let too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if too_large || error.to_string().contains("length limit") {
-            Error::too_large(format!("Request body is larger than {limit} bytes"))
+            Error::too_large_closing(format!("Request body is larger than {limit} bytes"))
         } else {
             Error::bad_json("Could not read the request body")
         }
@@ -212,7 +213,9 @@ where
             _ => None,
         };
 
-        if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        // Parsed fully (not skimmed): numbers out of range, lone surrogates and nesting deeper
+        // than serde_json's limit are not JSON any later step can use.
+        if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
             return Err(Error::not_json("Request body is not valid JSON"));
         }
 
@@ -222,9 +225,16 @@ where
         } else {
             body
         };
+        precheck(&parts, &body)?;
         let request = http::Request::from_parts(parts, &body[..]);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let parsed = R::try_from_http_request(request, &path_refs).map_err(map_parse_error)?;
+        // ruma's deserialisers can panic on some malformed input (e.g. a login body without
+        // `type`); that is a bad request, not a server error.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            R::try_from_http_request(request, &path_refs)
+        }))
+        .map_err(|_| Error::bad_json("Malformed request body"))?
+        .map_err(map_parse_error)?;
         Ok(Self {
             body: parsed,
             session,
@@ -232,6 +242,18 @@ where
             json: body,
         })
     }
+}
+
+/// Checks ruma's deserialisers do not handle gracefully (they would panic).
+fn precheck(parts: &http::request::Parts, body: &[u8]) -> Result<()> {
+    // `LoginInfo` indexes the body by `type` without checking it exists.
+    if parts.method == Method::POST && parts.uri.path().ends_with("/login") {
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if !value.get("type").is_some_and(serde_json::Value::is_string) {
+            return Err(Error::bad_json("Login requires a `type`"));
+        }
+    }
+    Ok(())
 }
 
 fn map_parse_error(error: FromHttpRequestError) -> Error {

@@ -295,6 +295,7 @@ pub async fn upgrade(
     old_room: &RoomId,
     user: &UserId,
     new_version: RoomVersionId,
+    additional_creators: Vec<OwnedUserId>,
 ) -> Result<OwnedRoomId> {
     let rules = version::rules(&new_version)?;
     let maps = &server.maps;
@@ -327,6 +328,9 @@ pub async fn upgrade(
         predecessor["event_id"] = json!(pdu.event_id);
     }
     creation_content.insert("predecessor".into(), predecessor);
+    if rules.authorization.additional_room_creators && !additional_creators.is_empty() {
+        creation_content.insert("additional_creators".into(), json!(additional_creators));
+    }
 
     let mut initial_state = Vec::new();
     for kind in [

@@ -32,14 +32,21 @@ pub fn can_see(
     if visibility == "world_readable" {
         return Ok(true);
     }
-    let membership_at_event = if pdu.state_user() == Some(user) && pdu.membership().is_some() {
-        // A user's own membership events are judged by the membership they set.
-        pdu.membership()
-    } else {
-        server
-            .rooms
-            .state_event(maps, &state, &StateEventType::RoomMember, user.as_str())?
-            .and_then(|e| e.membership())
+    let before = server
+        .rooms
+        .state_event(maps, &state, &StateEventType::RoomMember, user.as_str())?
+        .and_then(|e| e.membership());
+    let membership_at_event = match pdu.membership().filter(|_| pdu.state_user() == Some(user)) {
+        // The user's own membership event: judged by the "most joined" of the membership it
+        // replaces and the one it sets, and a leave after a join or invite is always visible
+        // (the user must see the room go away).
+        Some(new) => {
+            if new == "leave" && matches!(before.as_deref(), Some("join" | "invite")) {
+                return Ok(true);
+            }
+            most_joined(before, Some(new))
+        }
+        None => before,
     };
     match membership_at_event.as_deref() {
         Some("join") => return Ok(true),
@@ -54,6 +61,18 @@ pub fn can_see(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Of two memberships, the one that grants more: join > invite > knock > leave > ban.
+fn most_joined(a: Option<String>, b: Option<String>) -> Option<String> {
+    let rank = |m: &Option<String>| match m.as_deref() {
+        Some("join") => 0,
+        Some("invite") => 1,
+        Some("knock") => 2,
+        Some("leave") | None => 3,
+        _ => 4,
+    };
+    if rank(&a) <= rank(&b) { a } else { b }
 }
 
 /// Filters events (with their metadata) down to those `user` may see.

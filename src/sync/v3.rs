@@ -235,7 +235,10 @@ fn timeline(
                 continue;
             };
             if !visibility::can_see(server, &params.user, pdu, &meta, current)? {
-                continue;
+                // History before this point is hidden: end the timeline here (no holes, so
+                // the state at its start is right) and let the client paginate if it wants.
+                limited = !events.is_empty() || limited;
+                break 'scan;
             }
             if events.len() == limit {
                 limited = true;
@@ -415,18 +418,23 @@ fn state_delta(
     senders: &BTreeSet<OwnedUserId>,
     full: bool,
 ) -> Result<Vec<Value>> {
-    if from_group == to_group && !full {
-        return Ok(Vec::new());
-    }
     let maps = &server.maps;
+    let lazy = filter::lazy_members(&params.filter.room.state);
+    if from_group == to_group && !full {
+        return if lazy {
+            sender_members(server, params, to_group, in_timeline, senders)
+        } else {
+            Ok(Vec::new())
+        };
+    }
     let to_state = server.rooms.load_state(maps, to_group)?;
     let from_state: Arc<StateMap> = if full {
         Arc::new(StateMap::new())
     } else {
         server.rooms.load_state(maps, from_group)?
     };
-    let lazy = filter::lazy_members(&params.filter.room.state);
     let mut events = Vec::new();
+    let mut included = BTreeSet::new();
     for (key, event) in to_state.iter() {
         if from_state.get(key) == Some(event) {
             continue;
@@ -446,6 +454,52 @@ fn state_delta(
             if !member.is_some_and(|m| senders.contains(m) || m == params.user) {
                 continue;
             }
+        }
+        let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
+        included.insert(pdu.event_id.clone());
+        events.push(format::client_event(
+            server,
+            &pdu,
+            meta.as_deref(),
+            Some(&params.device),
+            false,
+        )?);
+    }
+    if lazy && !full {
+        // Senders whose member event did not change still need it once they speak.
+        for event in sender_members(server, params, to_group, in_timeline, senders)? {
+            if event["event_id"]
+                .as_str()
+                .is_some_and(|id| !included.iter().any(|i| i.as_str() == id))
+            {
+                events.push(event);
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// The member events (at `group`) of the timeline's senders, for lazy-loading clients.
+fn sender_members(
+    server: &Server,
+    params: &SyncParams,
+    group: u64,
+    in_timeline: &BTreeSet<ruma::OwnedEventId>,
+    senders: &BTreeSet<OwnedUserId>,
+) -> Result<Vec<Value>> {
+    let maps = &server.maps;
+    let state = server.rooms.load_state(maps, group)?;
+    let mut events = Vec::new();
+    for sender in senders {
+        let Some(pdu) =
+            server
+                .rooms
+                .state_event(maps, &state, &StateEventType::RoomMember, sender.as_str())?
+        else {
+            continue;
+        };
+        if in_timeline.contains(&pdu.event_id) {
+            continue;
         }
         let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
         events.push(format::client_event(

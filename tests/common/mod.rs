@@ -24,7 +24,10 @@ pub struct TestServer {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl TestServer {
@@ -39,7 +42,10 @@ impl TestServer {
             base: format!("http://127.0.0.1:{port}"),
             dir,
             extra_config: extra.to_owned(),
-            http: reqwest::Client::builder().pool_max_idle_per_host(4).build().expect("client"),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(4)
+                .build()
+                .expect("client"),
         };
         server.spawn().await;
         server
@@ -67,11 +73,19 @@ impl TestServer {
 
     /// Lines of `extra` before its first `[section]` (top-level keys).
     fn top_level_extra(&self) -> String {
-        self.extra_config.lines().take_while(|l| !l.trim_start().starts_with('[')).collect::<Vec<_>>().join("\n")
+        self.extra_config
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn section_extra(&self) -> String {
-        self.extra_config.lines().skip_while(|l| !l.trim_start().starts_with('[')).collect::<Vec<_>>().join("\n")
+        self.extra_config
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// (Re)starts the process on the same data directory and waits for `/health`.
@@ -89,15 +103,23 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = self.http.get(format!("{}/health", self.base)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
+            if let Ok(response) = self.http.get(format!("{}/health", self.base)).send().await
+                && response.status().is_success()
+            {
+                return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("sparks exited during start ({status}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "sparks did not become healthy: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sparks did not become healthy: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -118,7 +140,10 @@ impl TestServer {
     pub fn terminate(&mut self) -> Option<i32> {
         let child = self.child.take()?;
         let pid = child.id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -138,7 +163,13 @@ impl TestServer {
     }
 
     /// A raw request: returns status and JSON body (`Value::Null` for a non-JSON body).
-    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -149,7 +180,10 @@ impl TestServer {
         let response = request.send().await.expect("request");
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
@@ -157,11 +191,13 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.request(Method::POST, path, Some(token), Some(body)).await
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.request(Method::PUT, path, Some(token), Some(body)).await
+        self.request(Method::PUT, path, Some(token), Some(body))
+            .await
     }
 
     /// Registers a user with `m.login.dummy`; returns (user_id, access_token, device_id).
@@ -184,31 +220,55 @@ impl TestServer {
 
     /// Creates a room with the given createRoom body; returns the room id.
     pub async fn create_room(&self, user: &User, body: Value) -> String {
-        let (status, response) = self.post("/_matrix/client/v3/createRoom", &user.token, body).await;
+        let (status, response) = self
+            .post("/_matrix/client/v3/createRoom", &user.token, body)
+            .await;
         assert_eq!(status, StatusCode::OK, "createRoom: {response}");
         response["room_id"].as_str().expect("room_id").to_owned()
     }
 
     /// Sends `m.room.message` with a fresh txn id; returns the event id.
     pub async fn send_text(&self, user: &User, room: &str, text: &str) -> String {
-        let txn = format!("t{}", NEXT_TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let txn = format!(
+            "t{}",
+            NEXT_TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let (status, body) = self
-            .put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)), &user.token, json!({ "msgtype": "m.text", "body": text }))
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
+                &user.token,
+                json!({ "msgtype": "m.text", "body": text }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "send: {body}");
         body["event_id"].as_str().expect("event_id").to_owned()
     }
 
     pub async fn join(&self, user: &User, room: &str) -> (StatusCode, Value) {
-        self.post(&format!("/_matrix/client/v3/join/{}", enc(room)), &user.token, json!({})).await
+        self.post(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            &user.token,
+            json!({}),
+        )
+        .await
     }
 
     pub async fn invite(&self, user: &User, room: &str, target: &str) -> (StatusCode, Value) {
-        self.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(room)), &user.token, json!({ "user_id": target })).await
+        self.post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+            &user.token,
+            json!({ "user_id": target }),
+        )
+        .await
     }
 
     pub async fn sync(&self, user: &User, query: &str) -> Value {
-        let (status, body) = self.get(&format!("/_matrix/client/v3/sync?{query}"), &user.token).await;
+        let (status, body) = self
+            .get(&format!("/_matrix/client/v3/sync?{query}"), &user.token)
+            .await;
         assert_eq!(status, StatusCode::OK, "sync: {body}");
         body
     }
@@ -234,7 +294,9 @@ pub fn enc(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -243,13 +305,29 @@ pub fn enc(segment: &str) -> String {
 /// Asserts a Matrix error: status and errcode.
 #[track_caller]
 pub fn assert_error(result: &(StatusCode, Value), status: u16, errcode: &str) {
-    assert_eq!(result.0.as_u16(), status, "expected {status} {errcode}, got {} {}", result.0, result.1);
-    assert_eq!(result.1["errcode"], errcode, "expected {errcode}, got {}", result.1);
-    assert!(result.1["error"].is_string(), "error message missing: {}", result.1);
+    assert_eq!(
+        result.0.as_u16(),
+        status,
+        "expected {status} {errcode}, got {} {}",
+        result.0,
+        result.1
+    );
+    assert_eq!(
+        result.1["errcode"], errcode,
+        "expected {errcode}, got {}",
+        result.1
+    );
+    assert!(
+        result.1["error"].is_string(),
+        "error message missing: {}",
+        result.1
+    );
 }
 
 /// Timeline events of a room in a sync response.
 pub fn timeline<'a>(sync: &'a Value, room: &str) -> &'a Vec<Value> {
     static EMPTY: Vec<Value> = Vec::new();
-    sync["rooms"]["join"][room]["timeline"]["events"].as_array().unwrap_or(&EMPTY)
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .unwrap_or(&EMPTY)
 }

@@ -151,6 +151,9 @@ pub async fn token_validity(
     server: Arc<Server>,
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<check_registration_token_validity::v1::Response> {
+    if !server.config.registration.enabled {
+        return Err(Error::forbidden("Registration is disabled"));
+    }
     server
         .ratelimit
         .take(Limit::Registration, &request.client.ip().to_string())?;

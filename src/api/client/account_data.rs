@@ -15,7 +15,8 @@ use crate::{
 };
 
 fn content_of(raw: &str) -> Result<Value> {
-    let value: Value = serde_json::from_str(raw)?;
+    let value: Value =
+        serde_json::from_str(raw).map_err(|_| Error::bad_json("Invalid JSON content"))?;
     if value.is_object() {
         Ok(value)
     } else {

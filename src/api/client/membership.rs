@@ -270,7 +270,15 @@ pub async fn members(
     let group = match &body.at {
         Some(at) => {
             readable_group(&server, &body.room_id, &user)?;
-            let position = crate::sync::parse_token(at)?;
+            let mut position = crate::sync::parse_token(at)?;
+            // A user who left reads the room as it was when they left, whatever `at` says.
+            if let Some(m) = server
+                .rooms
+                .membership(&server.maps, &body.room_id, &user)?
+                && matches!(m.membership.as_str(), "leave" | "ban")
+            {
+                position = position.min(m.count);
+            }
             server
                 .rooms
                 .group_at(&server.maps, &body.room_id, position)?

@@ -44,7 +44,8 @@ pub async fn send(
         return Ok(send_message_event::v3::Response::new(event_id));
     }
     require_joined(&server, &body.room_id, &user)?;
-    let content: Value = serde_json::from_str(body.body.json().get())?;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|_| Error::bad_json("Invalid JSON content"))?;
     let event = NewEvent::message(
         TimelineEventType::from(body.event_type.to_string()),
         content,

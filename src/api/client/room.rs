@@ -40,7 +40,8 @@ pub async fn create(
     };
     let mut initial_state = Vec::new();
     for raw in &body.initial_state {
-        let event: Value = serde_json::from_str(raw.json().get())?;
+        let event: Value = serde_json::from_str(raw.json().get())
+            .map_err(|_| Error::bad_json("Invalid JSON content"))?;
         let kind = event
             .get("type")
             .and_then(Value::as_str)
@@ -105,6 +106,7 @@ pub async fn upgrade(
         &request.body.room_id,
         &user,
         request.body.new_version.clone(),
+        request.body.additional_creators.clone(),
     )
     .await?;
     Ok(upgrade_room::v3::Response::new(new_room))

@@ -71,7 +71,8 @@ pub async fn send(
 ) -> Result<send_state_event::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
-    let content: Value = serde_json::from_str(body.body.json().get())?;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|_| Error::bad_json("Invalid JSON content"))?;
     if !content.is_object() {
         return Err(Error::bad_json("Content must be a JSON object"));
     }
