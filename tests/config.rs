@@ -282,6 +282,15 @@ async fn environment_overrides_the_file() {
     let code = proc.wait_exit(15);
     assert!(code.is_some_and(|c| c != 0), "{code:?}: {}", proc.stderr());
     assert!(proc.stderr().contains("listen.client"), "{}", proc.stderr());
+
+    // SPARKS_* variables that name no config key (scripts use SPARKS_BIN) are ignored.
+    let mut proc = Proc::start(
+        &with_listen("127.0.0.1", ""),
+        &[("SPARKS_BIN", "/usr/bin/sparks"), ("SPARKS_PORT", "1")],
+    );
+    proc.wait_healthy()
+        .await
+        .expect("unrelated SPARKS_* variables must not stop the server");
 }
 
 #[tokio::test]

@@ -67,6 +67,20 @@ impl Default for Config {
     }
 }
 
+/// The top-level keys (and sections) of the configuration, for filtering the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server_name",
+    "database_path",
+    "default_room_version",
+    "public_base_url",
+    "listen",
+    "registration",
+    "limits",
+    "ratelimit",
+    "log",
+    "storage",
+];
+
 /// A configuration the server refuses to start with, naming the key and the reason.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -85,7 +99,21 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("SPARKS_").split("__"));
+        // Only variables naming a config key: other SPARKS_* variables (SPARKS_BIN in scripts,
+        // say) are not configuration and must not stop the server.
+        figment = figment.merge(
+            Env::prefixed("SPARKS_")
+                .filter(|key| {
+                    let section = key
+                        .as_str()
+                        .split("__")
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    TOP_LEVEL_KEYS.contains(&section.as_str())
+                })
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|error| ConfigError(describe(error)))?;
