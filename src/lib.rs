@@ -38,6 +38,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         "Sparks is ready"
     );
     let shutdown_server = server.clone();
+    // Without TCP_NODELAY a small response (a woken /sync) can wait ~40 ms on Nagle's
+    // algorithm meeting the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -1080,3 +1080,21 @@ async fn upgrade_to_v12_honours_additional_creators() {
         "additional creators are not listed in users: {power}"
     );
 }
+
+/// v12 room ids are create-event hashes: identical createRoom requests by one user in the same
+/// millisecond must still give distinct rooms.
+#[tokio::test]
+async fn identical_concurrent_create_room_calls_give_distinct_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let body = serde_json::json!({ "preset": "private_chat" });
+    let creates =
+        (0..8).map(|_| server.post("/_matrix/client/v3/createRoom", &alice.token, body.clone()));
+    let results = futures::future::join_all(creates).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, response) in results {
+        assert_eq!(status.as_u16(), 200, "{response}");
+        ids.insert(response["room_id"].as_str().expect("room_id").to_owned());
+    }
+    assert_eq!(ids.len(), 8, "{ids:?}");
+}
