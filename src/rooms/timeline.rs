@@ -235,18 +235,26 @@ fn to_canonical(value: &Value) -> Result<CanonicalJsonValue> {
 
 /// The room's forward extremities (at most 20, as the spec advises) and the next depth.
 fn extremities_and_depth(server: &Server, room_id: &RoomId) -> Result<(Vec<OwnedEventId>, u64)> {
-    let prefix = Key::new().s(room_id.as_str()).prefix();
-    let plen = prefix.len();
-    let mut prev = Vec::new();
+    let mut prev = extremities(server, room_id)?;
+    // At most 20 prev_events, as the spec advises; the newest ones.
+    if prev.len() > 20 {
+        prev.drain(..prev.len() - 20);
+    }
     let mut depth = 0;
-    for (key, _) in server.maps.roomid_extremity.scan_prefix(prefix).take(20) {
-        let event_id = super::parse_event_id(&key[plen..])?;
-        if let Some(pdu) = server.rooms.pdu(&server.maps, &event_id)? {
+    for event_id in &prev {
+        if let Some(pdu) = server.rooms.pdu(&server.maps, event_id)? {
             depth = depth.max(pdu.depth);
         }
-        prev.push(event_id);
     }
     Ok((prev, depth.saturating_add(1).min(i64::MAX as u64)))
+}
+
+/// The room's forward extremities (the DAG's current leaves).
+pub fn extremities(server: &Server, room_id: &RoomId) -> Result<Vec<OwnedEventId>> {
+    match server.maps.roomid_extremities.get(room_id.as_bytes())? {
+        Some(raw) => Ok(serde_json::from_slice(&raw)?),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Checks the event against its room version's authorisation rules and the current state.
@@ -356,19 +364,15 @@ pub fn persist(
         Key::new().s(room_id.as_str()).n(count).build(),
         pdu.event_id.as_bytes(),
     );
-    for prev in &pdu.prev_events {
-        batch.delete(
-            &maps.roomid_extremity,
-            Key::new().s(room_id.as_str()).s(prev.as_str()).build(),
-        );
-    }
+    // The room's forward extremities: one value per room (a list), not one key per event, so
+    // the write is a single put and reading them never walks deleted keys.
+    let mut extremities = extremities(server, &room_id)?;
+    extremities.retain(|id| !pdu.prev_events.contains(id));
+    extremities.push(pdu.event_id.clone());
     batch.put(
-        &maps.roomid_extremity,
-        Key::new()
-            .s(room_id.as_str())
-            .s(pdu.event_id.as_str())
-            .build(),
-        b"",
+        &maps.roomid_extremities,
+        room_id.as_bytes(),
+        serde_json::to_vec(&extremities)?,
     );
     if let Some(txn) = &txn {
         let key = Key::new()

@@ -72,8 +72,8 @@ catalog! {
     eventid_meta;
     /// `room_id, count -> event_id`: the timeline in stream order.
     roomcount_eventid;
-    /// `room_id, event_id -> ()`: forward extremities (the DAG's current leaves).
-    roomid_extremity;
+    /// `room_id -> json [event_id]`: forward extremities (the DAG's current leaves).
+    roomid_extremities;
     /// `room_id -> group`: the room's current state.
     roomid_stategroup;
     /// `group -> diff`: a state snapshot as (parent, added, removed) over short ids.

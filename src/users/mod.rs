@@ -70,12 +70,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Default)]
-pub struct Users {}
+pub struct Users {
+    /// Bounds concurrent argon2 work: each hash takes ~19 MiB and a core, so a burst of
+    /// registrations or logins queues instead of multiplying memory and starving requests.
+    hashing: tokio::sync::Semaphore,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Users {
     pub fn new() -> Self {
-        Self {}
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            hashing: tokio::sync::Semaphore::new(cores.max(1)),
+        }
     }
 
     pub fn exists(&self, maps: &Maps, user: &UserId) -> Result<bool> {
@@ -95,7 +107,10 @@ impl Users {
         password: Option<&str>,
     ) -> Result<()> {
         let hash = match password {
-            Some(password) => hash_password(password.to_owned()).await?,
+            Some(password) => {
+                let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
+                hash_password(password.to_owned()).await?
+            }
             None => String::new(),
         };
         let profile = Profile {
@@ -126,6 +141,7 @@ impl Users {
             return Ok(false);
         }
         let password = password.to_owned();
+        let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
         tokio::task::spawn_blocking(move || {
             use argon2::{Argon2, PasswordHash, PasswordVerifier};
             PasswordHash::new(&stored).is_ok_and(|hash| {
@@ -139,7 +155,10 @@ impl Users {
     }
 
     pub async fn set_password(&self, server: &Server, user: &UserId, password: &str) -> Result<()> {
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = {
+            let _permit = self.hashing.acquire().await.map_err(Error::internal)?;
+            hash_password(password.to_owned()).await?
+        };
         server
             .maps
             .userid_password
