@@ -1,24 +1,77 @@
-//! The catalog: every column family, declared once, with its key layout.
+//! The catalog: every map, declared once, with its key layout and the column family it lives in.
 //!
 //! Notation: `a, b -> v` means key = tuple (a, b) joined by `0xFF`; `count` and `group` are
 //! big-endian `u64`; `json` is a serde_json document, `pdu` the event in canonical JSON.
+//!
+//! Maps are grouped into a few column families by access pattern (tiny account records,
+//! large event bodies, timeline ranges ...). Within a family each map owns a one-byte namespace
+//! that [`Map`] prepends to every key and strips from every key it returns, so code using a
+//! map never sees it. Few families keep the first start fast: creating each family costs
+//! RocksDB three fsyncs (directory, MANIFEST, OPTIONS).
 
 use std::sync::Arc;
 
 use super::{Db, Map};
 
-pub struct Descriptor {
+/// A RocksDB column family.
+pub struct Family {
     pub name: &'static str,
     /// Values are big-endian u64 counters raised with `Batch::raise` (merge operator `max`).
     pub merge_max_u64: bool,
+    /// Memtable size in MiB: larger for families written on every event.
+    pub write_buffer_mb: usize,
 }
 
-macro_rules! catalog {
-    ($( $(#[doc = $doc:literal])* $name:ident $(: $merge:ident)? ;)*) => {
-        pub static CATALOG: &[Descriptor] = &[
-            $( Descriptor { name: stringify!($name), merge_max_u64: catalog!(@merge $($merge)?) }, )*
-        ];
+pub static FAMILIES: &[Family] = &[
+    Family {
+        name: "global",
+        merge_max_u64: true,
+        write_buffer_mb: 1,
+    },
+    Family {
+        name: "accounts",
+        merge_max_u64: false,
+        write_buffer_mb: 2,
+    },
+    Family {
+        name: "account_data",
+        merge_max_u64: false,
+        write_buffer_mb: 2,
+    },
+    Family {
+        name: "rooms",
+        merge_max_u64: false,
+        write_buffer_mb: 4,
+    },
+    Family {
+        name: "membership",
+        merge_max_u64: false,
+        write_buffer_mb: 2,
+    },
+    Family {
+        name: "events",
+        merge_max_u64: false,
+        write_buffer_mb: 8,
+    },
+    Family {
+        name: "event_index",
+        merge_max_u64: false,
+        write_buffer_mb: 8,
+    },
+    Family {
+        name: "timeline",
+        merge_max_u64: false,
+        write_buffer_mb: 4,
+    },
+    Family {
+        name: "state",
+        merge_max_u64: false,
+        write_buffer_mb: 4,
+    },
+];
 
+macro_rules! catalog {
+    ($( $(#[doc = $doc:literal])* $name:ident in $family:literal = $ns:literal ;)*) => {
         /// Handles to every map in the catalog.
         pub struct Maps {
             $( $(#[doc = $doc])* pub $name: Map, )*
@@ -26,76 +79,104 @@ macro_rules! catalog {
 
         impl Maps {
             pub(super) fn new(db: &Arc<Db>) -> Self {
-                Self { $( $name: Map { db: db.inner.clone(), name: stringify!($name) }, )* }
+                Self { $( $name: Map { db: db.inner.clone(), family: $family, ns: $ns }, )* }
             }
         }
+
+        /// (family, namespace) of every map, to check they are unique.
+        #[cfg(test)]
+        pub(super) static NAMESPACES: &[(&str, u8, &str)] = &[ $( ($family, $ns, stringify!($name)), )* ];
     };
-    (@merge max) => { true };
-    (@merge) => { false };
 }
 
 catalog! {
     /// `name -> value`: server-wide singletons. `counter` and `short_counter` are max-merged
     /// u64s; `signing_key` is the PKCS#8 ed25519 key.
-    global: max;
+    global in "global" = 1;
 
     // ---- accounts ----
     /// `user_id -> argon2id PHC string`
-    userid_password;
-    /// `user_id -> json {displayname, avatar_url}`
-    userid_profile;
+    userid_password in "accounts" = 1;
+    /// `user_id -> json {displayname, avatar_url, ...}`
+    userid_profile in "accounts" = 2;
     /// `user_id -> ms timestamp`: deactivated accounts (kept so the ID is never reused).
-    userid_deactivated;
+    userid_deactivated in "accounts" = 3;
     /// `user_id, device_id -> json Device`
-    userdeviceid_device;
+    userdeviceid_device in "accounts" = 4;
     /// `sha256(access_token) -> json Session {user_id, device_id, expires_at}`
-    tokenhash_session;
+    tokenhash_session in "accounts" = 5;
     /// `sha256(refresh_token) -> json {user_id, device_id}`
-    refreshhash_session;
+    refreshhash_session in "accounts" = 6;
     /// `sha256(openid_token) -> json {user_id, expires_at}`
-    openidhash_user;
+    openidhash_user in "accounts" = 7;
     /// `user_id, filter_id -> json filter`
-    userfilterid_filter;
-    /// `user_id, room_id or "", type -> json {count, content}`
-    useraccountdata;
-    /// `user_id, count -> json [room_id or "", type]`: account data changes in stream order.
-    usercount_accountdata;
+    userfilterid_filter in "accounts" = 8;
     /// `user_id, device_id, txn_id -> event_id`: idempotent sends.
-    usertxn_eventid;
+    usertxn_eventid in "accounts" = 9;
 
-    // ---- rooms and events ----
+    /// `user_id, room_id or "", type -> json {count, content}`
+    useraccountdata in "account_data" = 1;
+    /// `user_id, count -> json [room_id or "", type]`: account data changes in stream order.
+    usercount_accountdata in "account_data" = 2;
+
+    // ---- rooms ----
     /// `room_id -> json RoomMeta {room_version, ...}`
-    roomid_meta;
-    /// `event_id -> pdu`
-    eventid_pdu;
-    /// `event_id -> json EventMeta {room_id, count, state_before, state_after, ...}`
-    eventid_meta;
-    /// `room_id, count -> event_id`: the timeline in stream order.
-    roomcount_eventid;
+    roomid_meta in "rooms" = 1;
     /// `room_id -> json [event_id]`: forward extremities (the DAG's current leaves).
-    roomid_extremities;
+    roomid_extremities in "rooms" = 2;
     /// `room_id -> group`: the room's current state.
-    roomid_stategroup;
-    /// `group -> diff`: a state snapshot as (parent, added, removed) over short ids.
-    stategroup_diff;
-    /// `type, state_key -> short`: interned state keys.
-    statekey_short;
-    /// `short -> type, state_key`
-    short_statekey;
-    /// `event_id -> short`: interned event ids.
-    eventid_short;
-    /// `short -> event_id`
-    short_eventid;
-    /// `room_id, user_id -> json Membership {membership, count, event_id}`
-    roomuserid_membership;
-    /// `user_id, room_id -> json Membership` (same as above, for listing a user's rooms)
-    userroomid_membership;
-    /// `user_id, room_id -> ()`: rooms the user forgot.
-    userroomid_forgotten;
+    roomid_stategroup in "rooms" = 3;
     /// `#alias:server -> json {room_id, creator}`
-    alias_roomid;
+    alias_roomid in "rooms" = 4;
     /// `room_id, alias -> ()`
-    roomid_alias;
+    roomid_alias in "rooms" = 5;
     /// `room_id -> ()`: rooms published in the room directory.
-    roomid_published;
+    roomid_published in "rooms" = 6;
+
+    /// `room_id, user_id -> json Membership {membership, count, event_id}`
+    roomuserid_membership in "membership" = 1;
+    /// `user_id, room_id -> json Membership` (same as above, for listing a user's rooms)
+    userroomid_membership in "membership" = 2;
+    /// `user_id, room_id -> ()`: rooms the user forgot.
+    userroomid_forgotten in "membership" = 3;
+
+    // ---- events ----
+    /// `event_id -> pdu`
+    eventid_pdu in "events" = 1;
+    /// `event_id -> json EventMeta {room_id, count, state_before, state_after, ...}`
+    eventid_meta in "event_index" = 1;
+    /// `event_id -> short`: interned event ids.
+    eventid_short in "event_index" = 2;
+    /// `short -> event_id`
+    short_eventid in "event_index" = 3;
+    /// `room_id, count -> event_id`: the timeline in stream order.
+    roomcount_eventid in "timeline" = 1;
+
+    // ---- state ----
+    /// `group -> diff`: a state snapshot as (parent, added, removed) over short ids.
+    stategroup_diff in "state" = 1;
+    /// `type, state_key -> short`: interned state keys.
+    statekey_short in "state" = 2;
+    /// `short -> type, state_key`
+    short_statekey in "state" = 3;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_unique_and_families_exist() {
+        let mut seen = std::collections::HashSet::new();
+        for (family, ns, name) in NAMESPACES {
+            assert!(
+                FAMILIES.iter().any(|f| f.name == *family),
+                "{name}: unknown family {family}"
+            );
+            assert!(
+                seen.insert((*family, *ns)),
+                "{name}: namespace {ns} reused in {family}"
+            );
+        }
+    }
 }

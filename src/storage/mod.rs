@@ -40,20 +40,20 @@ impl Db {
         db_opts.increase_parallelism(2);
         // Small memtables (arena blocks are 1/8 of this) bounded in total: most maps are tiny,
         // and an idle server should stay within a few tens of MB.
-        db_opts.set_db_write_buffer_size(64 << 20);
+        db_opts.set_db_write_buffer_size(48 << 20);
         // The WAL is on by default; never disable it: it is what makes writes survive `kill -9`.
-        let descriptors = maps::CATALOG.iter().map(|desc| {
+        let descriptors = maps::FAMILIES.iter().map(|family| {
             let mut opts = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
             opts.set_block_based_table_factory(&table);
             opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            opts.set_write_buffer_size(4 << 20);
-            if desc.merge_max_u64 {
+            opts.set_write_buffer_size(family.write_buffer_mb << 20);
+            if family.merge_max_u64 {
                 opts.set_merge_operator_associative("max_u64", merge_max_u64);
             }
-            ColumnFamilyDescriptor::new(desc.name, opts)
+            ColumnFamilyDescriptor::new(family.name, opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors)
             .map_err(|e| format!("cannot open database at {}: {e}", path.display()))?;
@@ -81,8 +81,8 @@ impl Db {
 
     /// Flushes memtables; used on clean shutdown so the next start replays no WAL.
     pub fn flush(&self) {
-        for desc in maps::CATALOG {
-            if let Some(cf) = self.inner.cf_handle(desc.name) {
+        for family in maps::FAMILIES {
+            if let Some(cf) = self.inner.cf_handle(family.name) {
                 let _ = self.inner.flush_cf(cf);
             }
         }
@@ -112,16 +112,17 @@ pub struct Batch {
 
 impl Batch {
     pub fn put(&mut self, map: &Map, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.inner.put_cf(map.cf(), key, value);
+        self.inner.put_cf(map.cf(), map.key(key.as_ref()), value);
     }
 
     pub fn delete(&mut self, map: &Map, key: impl AsRef<[u8]>) {
-        self.inner.delete_cf(map.cf(), key);
+        self.inner.delete_cf(map.cf(), map.key(key.as_ref()));
     }
 
-    /// Raises a `max_u64` counter (the map must be declared with `merge_max_u64`).
+    /// Raises a `max_u64` counter (the map's family must have the `max` merge operator).
     pub fn raise(&mut self, map: &Map, key: impl AsRef<[u8]>, value: u64) {
-        self.inner.merge_cf(map.cf(), key, value.to_be_bytes());
+        self.inner
+            .merge_cf(map.cf(), map.key(key.as_ref()), value.to_be_bytes());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,30 +130,47 @@ impl Batch {
     }
 }
 
-/// One column family.
+/// One map: a namespace inside a column family (see [`maps`]).
 #[derive(Clone)]
 pub struct Map {
     db: Arc<DB>,
-    name: &'static str,
+    family: &'static str,
+    ns: u8,
 }
 
 pub type Entry = (Box<[u8]>, Box<[u8]>);
 
 impl Map {
     fn cf(&self) -> &ColumnFamily {
-        // Every catalog entry is created at open (`create_missing_column_families`), and maps are
-        // only constructed from the catalog, so the handle always exists.
+        // Every family of the catalog is created at open (`create_missing_column_families`),
+        // and maps are only constructed from the catalog, so the handle always exists.
         self.db
-            .cf_handle(self.name)
+            .cf_handle(self.family)
             .expect("column family from the catalog is open")
     }
 
+    /// The stored key: the map's namespace byte, then the key.
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(key.len() + 1);
+        full.push(self.ns);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// A stored entry with the namespace byte removed from its key.
+    fn strip((key, value): Entry) -> Entry {
+        (key.get(1..).unwrap_or_default().into(), value)
+    }
+
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(), key)?)
+        Ok(self.db.get_cf(self.cf(), self.key(key.as_ref()))?)
     }
 
     pub fn contains(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(), key)?.is_some())
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(), self.key(key.as_ref()))?
+            .is_some())
     }
 
     /// A single write outside any batch (for data that stands alone).
@@ -170,6 +188,7 @@ impl Map {
 
     /// All entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: Vec<u8>) -> impl Iterator<Item = Entry> + '_ {
+        let prefix = self.key(&prefix);
         let mut opts = ReadOptions::default();
         if let Some(upper) = keys::prefix_upper_bound(&prefix) {
             opts.set_iterate_upper_bound(upper);
@@ -182,6 +201,7 @@ impl Map {
             )
             .map_while(Result::ok)
             .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(Self::strip)
     }
 
     /// Entries with key `>= from` (forward) or `<= from` (backward) that start with `prefix`.
@@ -191,6 +211,8 @@ impl Map {
         from: Vec<u8>,
         forward: bool,
     ) -> impl Iterator<Item = Entry> + '_ {
+        let prefix = self.key(&prefix);
+        let from = self.key(&from);
         let direction = if forward {
             Direction::Forward
         } else {
@@ -208,12 +230,15 @@ impl Map {
             .iterator_cf_opt(self.cf(), opts, IteratorMode::From(&from, direction))
             .map_while(Result::ok)
             .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(Self::strip)
     }
 
     /// The last entry (highest key) under `prefix`.
     pub fn last_with_prefix(&self, prefix: Vec<u8>) -> Option<Entry> {
-        let from =
-            keys::prefix_upper_bound(&prefix).unwrap_or_else(|| vec![0xFF; prefix.len() + 9]);
+        // The largest key under `prefix` sorts below `prefix` followed by 0xFF bytes longer
+        // than any key we store.
+        let mut from = prefix.clone();
+        from.extend_from_slice(&[0xFF; 16]);
         self.scan_from(prefix, from, false).next()
     }
 }
