@@ -228,9 +228,15 @@ for s in $SERVERS; do
   version=$("version_$s")
   stop_server
 
+  # Restart on the data the load run left behind (users, ~100k events, 200+ rooms).
+  start_server "$s" "$port"
+  restart_ms="$START_MS"
+  log "$s restart with data: $restart_ms ms"
+  stop_server
+
   cold_json=$(IFS=,; echo "${cold[*]}")
   cat >"$WORK/$s.proc.json" <<EOF
-{"version": "$version", "rss_idle_mb": $rss_idle, "rss_after_mb": $rss_after, "cold_start_ms": [$cold_json]}
+{"version": "$version", "rss_idle_mb": $rss_idle, "rss_after_mb": $rss_after, "cold_start_ms": [$cold_json], "restart_ms": $restart_ms}
 EOF
   REPORT_ARGS+=(--load "$s=$WORK/$s.load.json" --proc "$s=$WORK/$s.proc.json")
 done

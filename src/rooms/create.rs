@@ -127,35 +127,24 @@ pub async fn create_room(
     };
     let empty = super::state::StateMap::new();
     // In v12 the room id is the create event's hash: two identical createRoom calls by one user
-    // in the same millisecond would name the same room, so such a collision moves the
-    // timestamp on by a millisecond and builds again.
+    // in the same millisecond would name the same room. Create events therefore get strictly
+    // increasing timestamps (at most a few ms ahead of the clock under a burst).
     let mut create_event = create_event;
-    let mut attempts = 0;
-    let (create_pdu, room_id, _lock) = loop {
-        let pdu = timeline::build(
-            server,
-            room_id.as_deref(),
-            &room_version,
-            &rules,
-            &empty,
-            creator,
-            &create_event,
-        )?;
-        let id = pdu.room_id.clone();
-        let lock = server.rooms.lock(&id).await;
-        if !server.rooms.exists(&server.maps, &id)? {
-            break (pdu, id, lock);
-        }
-        attempts += 1;
-        if attempts > 16 {
-            return Err(Error::room_in_use("Room already exists"));
-        }
-        create_event.timestamp = Some(ruma::MilliSecondsSinceUnixEpoch(
-            pdu.origin_server_ts
-                .0
-                .saturating_add(ruma::UInt::from(1u32)),
-        ));
-    };
+    create_event.timestamp = Some(server.rooms.next_create_timestamp());
+    let create_pdu = timeline::build(
+        server,
+        room_id.as_deref(),
+        &room_version,
+        &rules,
+        &empty,
+        creator,
+        &create_event,
+    )?;
+    let room_id = create_pdu.room_id.clone();
+    let _lock = server.rooms.lock(&room_id).await;
+    if server.rooms.exists(&server.maps, &room_id)? {
+        return Err(Error::room_in_use("Room already exists"));
+    }
     timeline::authorize(server, &rules, &create_pdu, &empty)?;
     timeline::persist(server, &rules, create_pdu, 0, &empty, None)?;
 

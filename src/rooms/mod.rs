@@ -73,6 +73,7 @@ pub struct Rooms {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     local_members: Mutex<HashMap<OwnedRoomId, Arc<Vec<OwnedUserId>>>>,
+    last_create_ts: std::sync::atomic::AtomicU64,
 }
 
 impl Rooms {
@@ -85,7 +86,27 @@ impl Rooms {
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             local_members: Mutex::new(HashMap::new()),
+            last_create_ts: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A timestamp for a new room's create event: now, or 1 ms after the previous one.
+    pub fn next_create_timestamp(&self) -> ruma::MilliSecondsSinceUnixEpoch {
+        use std::sync::atomic::Ordering;
+        let now = crate::users::now_ms();
+        let mut previous = self.last_create_ts.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(previous + 1);
+            match self.last_create_ts.compare_exchange(
+                previous,
+                next,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(next)),
+                Err(actual) => previous = actual,
+            }
+        }
     }
 
     /// The lock that serialises appends to one room (its DAG is extended one event at a time).

@@ -853,6 +853,8 @@ struct ProcFigures {
     rss_after_mb: Option<f64>,
     #[serde(default)]
     cold_start_ms: Vec<f64>,
+    #[serde(default)]
+    restart_ms: Option<f64>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -958,8 +960,12 @@ fn report(a: ReportArgs) -> Result<()> {
         &|n| procs.get(n)?.rss_after_mb,
     );
     push(
-        Row { key: "cold_start", label: "cold start (best)".into(), unit: "ms", better: Better::Lower, decimals: 1 },
+        Row { key: "cold_start", label: "first start, empty data dir (best)".into(), unit: "ms", better: Better::Lower, decimals: 1 },
         &|n| procs.get(n)?.cold_start_ms.iter().copied().reduce(f64::min),
+    );
+    push(
+        Row { key: "restart", label: "restart with the load's data".into(), unit: "ms", better: Better::Lower, decimals: 1 },
+        &|n| procs.get(n)?.restart_ms,
     );
 
     let has_ratio = names.iter().any(|n| n == "sparks") && names.iter().any(|n| n == "synapse");
