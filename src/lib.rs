@@ -8,8 +8,10 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod ratelimit;
 pub mod rooms;
+pub mod search;
 pub mod server;
 pub mod storage;
 pub mod sync;

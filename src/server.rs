@@ -27,6 +27,8 @@ pub struct Server {
     pub uiaa: UiaaSessions,
     pub ratelimit: RateLimiter,
     pub typing: crate::sync::typing::Typing,
+    pub media: crate::media::Media,
+    pub search: crate::search::Search,
     pub started_at: std::time::Instant,
     /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -39,6 +41,8 @@ impl Server {
         let stream = Stream::new(&maps).map_err(|e| e.to_string())?;
         let rooms = Rooms::new(&maps, &config).map_err(|e| e.to_string())?;
         let ratelimit = RateLimiter::new(&config.ratelimit);
+        let media = crate::media::Media::open(&config.media)?;
+        let search = crate::search::Search::open(&config)?;
         Ok(Arc::new(Self {
             config,
             db,
@@ -50,6 +54,8 @@ impl Server {
             uiaa: UiaaSessions::default(),
             ratelimit,
             typing: Default::default(),
+            media,
+            search,
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }))

@@ -7,8 +7,10 @@
 mod limits;
 mod listen;
 mod log;
+mod media;
 mod ratelimit;
 mod registration;
+mod search;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +26,11 @@ pub use self::{
     limits::LimitsConfig,
     listen::ListenConfig,
     log::{LogConfig, LogFormat},
+    media::MediaConfig,
     ratelimit::RateLimitConfig,
     ratelimit::RateLimitRule,
     registration::RegistrationConfig,
+    search::SearchConfig,
     storage::StorageConfig,
 };
 
@@ -48,6 +52,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub log: LogConfig,
     pub storage: StorageConfig,
+    pub media: MediaConfig,
+    pub search: SearchConfig,
 }
 
 impl Default for Config {
@@ -63,6 +69,8 @@ impl Default for Config {
             ratelimit: RateLimitConfig::default(),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
+            media: MediaConfig::default(),
+            search: SearchConfig::default(),
         }
     }
 }
@@ -79,6 +87,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ratelimit",
     "log",
     "storage",
+    "media",
+    "search",
 ];
 
 /// A configuration the server refuses to start with, naming the key and the reason.
@@ -134,6 +144,8 @@ impl Config {
         self.registration.validate(&self.listen)?;
         self.limits.validate()?;
         self.ratelimit.validate()?;
+        self.media.validate()?;
+        self.search.validate()?;
         if !self.public_base_url.is_empty() && !self.public_base_url.starts_with("http") {
             return Err(ConfigError(
                 "public_base_url: must start with http:// or https://".into(),

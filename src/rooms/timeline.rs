@@ -428,6 +428,10 @@ pub fn persist(
     }
 
     server.db.commit(batch)?;
+    server.search.index_event(&pdu);
+    if let Some(target) = &redacted_target {
+        server.search.remove_event(target);
+    }
 
     if pdu.kind == TimelineEventType::RoomMember {
         rooms.members_changed(&room_id);

@@ -23,52 +23,31 @@ pub struct Family {
 }
 
 pub static FAMILIES: &[Family] = &[
-    Family {
-        name: "global",
-        merge_max_u64: true,
-        write_buffer_mb: 1,
-    },
-    Family {
-        name: "accounts",
-        merge_max_u64: false,
-        write_buffer_mb: 2,
-    },
-    Family {
-        name: "account_data",
-        merge_max_u64: false,
-        write_buffer_mb: 2,
-    },
-    Family {
-        name: "rooms",
-        merge_max_u64: false,
-        write_buffer_mb: 4,
-    },
-    Family {
-        name: "membership",
-        merge_max_u64: false,
-        write_buffer_mb: 2,
-    },
-    Family {
-        name: "events",
-        merge_max_u64: false,
-        write_buffer_mb: 8,
-    },
-    Family {
-        name: "event_index",
-        merge_max_u64: false,
-        write_buffer_mb: 8,
-    },
-    Family {
-        name: "timeline",
-        merge_max_u64: false,
-        write_buffer_mb: 4,
-    },
-    Family {
-        name: "state",
-        merge_max_u64: false,
-        write_buffer_mb: 4,
-    },
+    Family::new("global", true, 1),
+    Family::new("accounts", false, 2),
+    Family::new("account_data", false, 2),
+    Family::new("rooms", false, 4),
+    Family::new("membership", false, 2),
+    Family::new("events", false, 8),
+    Family::new("event_index", false, 8),
+    Family::new("timeline", false, 4),
+    Family::new("state", false, 4),
+    Family::new("relations", false, 2),
+    Family::new("receipts", false, 2),
+    Family::new("push", false, 2),
+    Family::new("media", false, 2),
+    Family::new("directory", false, 2),
 ];
+
+impl Family {
+    const fn new(name: &'static str, merge_max_u64: bool, write_buffer_mb: usize) -> Self {
+        Self {
+            name,
+            merge_max_u64,
+            write_buffer_mb,
+        }
+    }
+}
 
 macro_rules! catalog {
     ($( $(#[doc = $doc:literal])* $name:ident in $family:literal = $ns:literal ;)*) => {
