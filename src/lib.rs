@@ -7,8 +7,10 @@
 
 pub mod api;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod media;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod search;
@@ -69,12 +71,15 @@ pub async fn run(config: Config) -> Result<(), String> {
 }
 
 fn spawn_background(server: &Arc<Server>) {
+    search::Search::start(server);
+    tokio::spawn(push::Push::run_delivery(server.clone()));
     let typing_server = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             typing_server.typing.expire(&typing_server);
+            crate::users::presence::reap(&typing_server);
         }
     });
 }

@@ -28,6 +28,8 @@ pub struct Server {
     pub ratelimit: RateLimiter,
     pub typing: crate::sync::typing::Typing,
     pub media: crate::media::Media,
+    pub push: crate::push::Push,
+    pub presence: crate::users::presence::PresenceTracker,
     pub search: crate::search::Search,
     pub started_at: std::time::Instant,
     /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
@@ -55,6 +57,8 @@ impl Server {
             ratelimit,
             typing: Default::default(),
             media,
+            push: Default::default(),
+            presence: Default::default(),
             search,
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

@@ -22,10 +22,7 @@ use ruma::api::client as c;
 use tower_http::cors::{Any, CorsLayer};
 
 use super::{
-    client::{
-        account, account_data, alias, device, directory, discovery, membership, message, profile,
-        room, session, state, sync, typing,
-    },
+    client::{account, account_data, alias, device, directory, discovery, membership, message, presence, profile, push, receipt, relations, report, room, session, state, sync, tag, typing},
     federation,
     ruma::{route, route_json},
 };
@@ -100,6 +97,31 @@ pub fn build(server: Arc<Server>) -> Router {
     r = route_json(r, s, message::messages);
     r = route_json(r, s, message::context);
     r = route(r, s, typing::set);
+    r = route_json(r, s, relations::all);
+    r = route_json(r, s, relations::by_type);
+    r = route_json(r, s, relations::by_type_and_event_type);
+    r = route_json(r, s, relations::threads);
+    r = route(r, s, receipt::create);
+    r = route(r, s, receipt::read_markers);
+    r = route(r, s, presence::set);
+    r = route_json(r, s, presence::get);
+    r = route(r, s, tag::create);
+    r = route(r, s, tag::delete);
+    r = route_json(r, s, tag::get);
+    r = route(r, s, report::event);
+    r = route(r, s, report::room);
+    r = route_json(r, s, push::all);
+    r = route_json(r, s, push::global);
+    r = route_json(r, s, push::get);
+    r = route(r, s, push::set);
+    r = route(r, s, push::delete);
+    r = route(r, s, push::get_enabled);
+    r = route(r, s, push::set_enabled);
+    r = route(r, s, push::get_actions);
+    r = route(r, s, push::set_actions);
+    r = route_json(r, s, push::pushers_list);
+    r = route_json(r, s, push::pushers_set);
+    r = route_json(r, s, push::notifications);
     r = route_json(r, s, sync::sync_v3);
 
     // State events with an empty state key may be addressed without the trailing segment.
@@ -119,6 +141,46 @@ pub fn build(server: Arc<Server>) -> Router {
                 }),
             );
         }
+    }
+
+    // Media (issue 3)
+    #[allow(deprecated)]
+    {
+        use super::client::media as m;
+        use axum::routing::{post, put};
+        use ruma::api::client::{authenticated_media as am, media as lm};
+        r = route(r, s, m::config);
+        r = route(r, s, m::config_legacy);
+        r = route(r, s, m::create);
+        r = route_json(r, s, m::preview);
+        r = route_json(r, s, m::preview_legacy);
+        r = m::route_raw::<lm::create_content::v3::Request>(r, s, post(m::upload));
+        r = m::route_raw::<lm::create_content_async::v3::Request>(r, s, put(m::upload_to));
+        r = m::route_raw::<am::get_content::v1::Request>(r, s, m::get(m::download));
+        r = m::route_raw::<am::get_content_as_filename::v1::Request>(r, s, m::get(m::download_as));
+        r = m::route_raw::<am::get_content_thumbnail::v1::Request>(r, s, m::get(m::thumbnail));
+        // Deprecated unauthenticated downloads: frozen (404 M_NOT_FOUND).
+        r = m::route_raw::<lm::get_content::v3::Request>(r, s, get(m::frozen));
+        r = m::route_raw::<lm::get_content_as_filename::v3::Request>(r, s, get(m::frozen));
+        r = m::route_raw::<lm::get_content_thumbnail::v3::Request>(r, s, get(m::frozen));
+    }
+
+    // Search, room directory, user directory, spaces (issue 3)
+    {
+        use super::client::{public_rooms, search, space, user_directory};
+        r = route_json(r, s, search::search);
+        r = route_json(r, s, public_rooms::get);
+        r = route_json(r, s, public_rooms::post);
+        r = route_json(r, s, user_directory::search);
+        r = route_json(r, s, space::hierarchy);
+        r = route_json(r, s, space::summary);
+        // MSC3266's first unstable path, still used by some clients.
+        r = r.route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}",
+            get(|State(server): State<Arc<Server>>, req: super::ruma::Ruma<c::room::get_summary::v1::Request>| async move {
+                space::summary(server, req).await.map(Json)
+            }),
+        );
     }
 
     // Federation endpoints that are served on the client listener for now.

@@ -5,6 +5,8 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 pub mod power;
+pub mod receipts;
+pub mod relations;
 pub mod state;
 pub mod timeline;
 pub mod version;
@@ -73,6 +75,8 @@ pub struct Rooms {
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     local_members: Mutex<HashMap<OwnedRoomId, Arc<Vec<OwnedUserId>>>>,
+    local_joined: Mutex<HashMap<OwnedRoomId, Arc<Vec<OwnedUserId>>>>,
+    joined_counts: Mutex<HashMap<OwnedRoomId, u64>>,
     last_create_ts: std::sync::atomic::AtomicU64,
 }
 
@@ -86,6 +90,8 @@ impl Rooms {
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             local_members: Mutex::new(HashMap::new()),
+            local_joined: Mutex::new(HashMap::new()),
+            joined_counts: Mutex::new(HashMap::new()),
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -314,6 +320,34 @@ impl Rooms {
 
     fn members_changed(&self, room_id: &RoomId) {
         self.local_members.lock().remove(room_id);
+        self.local_joined.lock().remove(room_id);
+        self.joined_counts.lock().remove(room_id);
+    }
+
+    /// Local users joined to the room (cached per room).
+    pub fn local_joined(&self, server: &crate::server::Server, room_id: &RoomId) -> Result<Arc<Vec<OwnedUserId>>> {
+        if let Some(found) = self.local_joined.lock().get(room_id) {
+            return Ok(found.clone());
+        }
+        let users: Vec<OwnedUserId> = self
+            .members(&server.maps, room_id)?
+            .into_iter()
+            .filter(|(user, m)| server.is_local(user.server_name()) && m.membership == "join")
+            .map(|(user, _)| user)
+            .collect();
+        let users = Arc::new(users);
+        self.local_joined.lock().insert(room_id.to_owned(), users.clone());
+        Ok(users)
+    }
+
+    /// How many users (of any server) are joined to the room (cached per room).
+    pub fn joined_count(&self, server: &crate::server::Server, room_id: &RoomId) -> Result<u64> {
+        if let Some(count) = self.joined_counts.lock().get(room_id) {
+            return Ok(*count);
+        }
+        let count = self.members(&server.maps, room_id)?.iter().filter(|(_, m)| m.membership == "join").count() as u64;
+        self.joined_counts.lock().insert(room_id.to_owned(), count);
+        Ok(count)
     }
 
     /// The stream position of the newest event in the room.

@@ -427,7 +427,12 @@ pub fn persist(
         redacted_target = redact_in_batch(server, rules, &mut batch, &pdu, &target)?;
     }
 
+    super::relations::index(server, &mut batch, &pdu, count)?;
+    // Push rules are judged against the state the event was sent in.
+    let notified = crate::push::evaluate(server, &mut batch, &pdu, count, state_before)?;
+
     server.db.commit(batch)?;
+    server.push.enqueue(notified);
     server.search.index_event(&pdu);
     if let Some(target) = &redacted_target {
         server.search.remove_event(target);
@@ -490,6 +495,7 @@ fn redact_in_batch(
         .map_err(|e| Error::internal(format_args!("redaction: {e}")))?;
     let mut meta = (*meta).clone();
     meta.redacted_by = Some(redaction.event_id.clone());
+    super::relations::unindex(maps, batch, &original, meta.count);
     batch.put(
         &maps.eventid_pdu,
         target.as_bytes(),

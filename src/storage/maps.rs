@@ -138,6 +138,61 @@ catalog! {
     statekey_short in "state" = 2;
     /// `short -> type, state_key`
     short_statekey in "state" = 3;
+
+    // ---- relations and threads ----
+    /// `target_event_id, count -> json Relation`: every relation to an event, in stream order.
+    relates in "relations" = 1;
+    /// `target_event_id, sender, key -> event_id`: one reaction per user and key.
+    annotation_key in "relations" = 2;
+    /// `room_id, root_event_id -> count`: a thread's latest activity.
+    roomthread_latest in "relations" = 3;
+    /// `room_id, count, root_event_id -> ()`: threads by latest activity (for `/threads`).
+    roomthread_activity in "relations" = 4;
+    /// `root_event_id, user_id -> ()`: users who replied in a thread.
+    thread_participant in "relations" = 5;
+
+    // ---- receipts and presence ----
+    /// `room_id, receipt_type, thread or "", user_id -> json Receipt`
+    roomreceipt in "receipts" = 1;
+    /// `room_id, count -> json [receipt_type, thread, user_id]`: receipt changes in stream order.
+    roomcount_receipt in "receipts" = 2;
+    /// `user_id -> json Presence`
+    userid_presence in "receipts" = 3;
+    /// `count -> user_id`: presence changes in stream order.
+    count_presence in "receipts" = 4;
+
+    // ---- push ----
+    /// `user_id, count -> json Notification`: notifications, for `/notifications`.
+    usercount_notification in "push" = 1;
+    /// `user_id, room_id, count -> json {highlight, thread}`: for unread counts after a receipt.
+    userroomcount_notification in "push" = 2;
+    /// `user_id, app_id, pushkey -> json Pusher`
+    userpusher in "push" = 3;
+    /// `count -> json report`: content and room reports for the server's admins.
+    reports in "push" = 4;
+
+    // ---- media ----
+    /// `server_name, media_id -> json MediaMeta {sha256, size, content_type, filename,
+    /// uploader, created_ts}`: uploaded content; the bytes are the file named by `sha256`
+    /// in `[media] path`.
+    mediaid_meta in "media" = 1;
+    /// `server_name, media_id -> json Pending {uploader, created_ts, expires_at}`: ids from
+    /// `POST /media/v1/create` whose content is not uploaded yet.
+    mediaid_pending in "media" = 2;
+    /// `user_id, media_id -> u64 expires_at`: a user's pending ids (for the per-user limit).
+    userid_pendingmedia in "media" = 3;
+    /// `server_name, media_id, u64 width, u64 height, method -> json Thumbnail {sha256, size,
+    /// content_type, width, height}`: generated thumbnails, by requested size and method.
+    mediaid_thumbnail in "media" = 4;
+    /// `url, u64 hour -> json OpenGraph`: URL previews, by the hour they were fetched in.
+    url_preview in "media" = 5;
+
+    // ---- directory (issue 3: user directory) ----
+    /// `term, user_id -> ()`: user directory search terms (the lowercased words of the user's
+    /// localpart and display name); a prefix scan over `term` finds users.
+    userdir_term in "directory" = 1;
+    /// `user_id -> json {displayname, avatar_url, terms}`: a user's user directory entry.
+    userdir_user in "directory" = 2;
 }
 
 #[cfg(test)]

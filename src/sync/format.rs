@@ -75,3 +75,22 @@ pub fn stripped(pdu: &Pdu) -> Value {
         "sender": pdu.sender,
     })
 }
+
+/// As [`client_event`], with the server-side aggregations of its relations
+/// (`unsigned.m.relations`: latest edit, thread summary, references) as `viewer` sees them.
+pub fn client_event_for(
+    server: &Server,
+    pdu: &Pdu,
+    meta: Option<&EventMeta>,
+    viewer: Option<&ruma::UserId>,
+    device: Option<&DeviceId>,
+    with_room_id: bool,
+) -> Result<Value> {
+    let mut event = client_event(server, pdu, meta, device, with_room_id)?;
+    if meta.is_none_or(|m| m.redacted_by.is_none()) {
+        if let Some(bundle) = crate::rooms::relations::bundle(server, pdu, viewer, device)? {
+            event["unsigned"]["m.relations"] = bundle;
+        }
+    }
+    Ok(event)
+}

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::{filter, format};
 use crate::{
     error::Result,
-    rooms::{Membership, pdu::PduRef, state::StateMap, visibility},
+    rooms::{Membership, pdu::PduRef, receipts, state::StateMap, visibility},
     server::Server,
     users::account_data,
 };
@@ -29,10 +29,23 @@ pub struct SyncParams {
     pub full_state: bool,
     pub use_state_after: bool,
     pub timeout: Duration,
+    /// `set_presence`: online (default), unavailable or offline.
+    pub set_presence: String,
+    /// Users the requester ignores (`m.ignored_user_list`): their messages are left out.
+    pub ignored: BTreeSet<OwnedUserId>,
+}
+
+/// The users in a user's `m.ignored_user_list`.
+pub fn ignored_users(server: &Server, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+    Ok(account_data::get(&server.maps, user, None, "m.ignored_user_list")?
+        .and_then(|content| content.get("ignored_users").and_then(Value::as_object).cloned())
+        .map(|users| users.keys().filter_map(|u| OwnedUserId::try_from(u.as_str()).ok()).collect())
+        .unwrap_or_default())
 }
 
 /// Long-polls until something for the user arrives or the timeout passes.
 pub async fn sync(server: &Server, params: SyncParams) -> Result<Value> {
+    crate::users::presence::touch(server, &params.user, &params.set_presence)?;
     let mut receiver = server.stream.subscribe(&params.user);
     let deadline = tokio::time::Instant::now() + params.timeout;
     loop {
@@ -116,6 +129,11 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
                 }
             }
             "invite" if since.is_none_or(|s| membership.count > s) => {
+                // Invites from ignored users are not shown.
+                let inviter = server.rooms.pdu(&server.maps, &membership.event_id)?.map(|p| p.sender.clone());
+                if inviter.is_some_and(|i| params.ignored.contains(&i)) {
+                    continue;
+                }
                 invite.insert(room_id.to_string(), json!({ "invite_state": { "events": stripped_state(server, &room_id, &membership)? } }));
             }
             "knock" if since.is_none_or(|s| membership.count > s) => {
@@ -143,7 +161,9 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
         }
     }
 
-    let has_updates = !join.is_empty()
+    let presence_events = presence_section(server, params, since, now)?;
+    let has_updates = !presence_events.is_empty()
+        || !join.is_empty()
         || !invite.is_empty()
         || !leave.is_empty()
         || !knock.is_empty()
@@ -166,10 +186,37 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
         "account_data".into(),
         json!({ "events": global_account_data }),
     );
-    response.insert("presence".into(), json!({ "events": [] }));
+    response.insert("presence".into(), json!({ "events": presence_events }));
     response.insert("to_device".into(), json!({ "events": [] }));
     response.insert("device_one_time_keys_count".into(), json!({}));
     Ok((Value::Object(response), has_updates))
+}
+
+/// Presence of the users sharing a room with the requester: all of it initially, changes after.
+fn presence_section(server: &Server, params: &SyncParams, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
+    use crate::users::presence;
+    if !filter::type_only_allowed(&params.filter.presence, "m.presence") {
+        return Ok(Vec::new());
+    }
+    let changed: Vec<(OwnedUserId, presence::Presence)> = match since {
+        Some(s) => presence::changed(&server.maps, s, now),
+        None => Vec::new(),
+    };
+    if since.is_some() && changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mates: BTreeSet<OwnedUserId> = presence::room_mates(server, &params.user)?.into_iter().collect();
+    let records: Vec<(OwnedUserId, presence::Presence)> = match since {
+        Some(_) => changed.into_iter().filter(|(u, _)| mates.contains(u)).collect(),
+        None => mates
+            .iter()
+            .filter_map(|u| presence::get(&server.maps, u).ok().flatten().map(|p| (u.clone(), p)))
+            .collect(),
+    };
+    Ok(records
+        .into_iter()
+        .map(|(user, record)| json!({ "type": "m.presence", "sender": user, "content": presence::content(server, &user, &record) }))
+        .collect())
 }
 
 /// The user's membership as of stream position `at` (for changes that raced the window).
@@ -231,6 +278,9 @@ fn timeline(
             if !filter::room_event_allowed(&params.filter.room.timeline, pdu) {
                 continue;
             }
+            if !pdu.is_state() && params.ignored.contains(&pdu.sender) {
+                continue;
+            }
             let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
                 continue;
             };
@@ -279,9 +329,16 @@ fn joined_room(
     let (typing_count, typing_users) = server.typing.get(room_id);
     let typing_changed = since.is_none_or(|s| typing_count > s && typing_count <= now);
     let has_new_events = since.is_none_or(|s| last > s);
+    let receipts = match since {
+        None => receipts::all(maps, room_id),
+        Some(s) => receipts::changed(maps, room_id, s, now)?,
+    };
+    let receipt_event = receipts::ephemeral_event(&receipts, &params.user)
+        .filter(|_| filter::room_type_allowed(&params.filter.room.ephemeral, "m.receipt"));
     if !has_new_events
         && !params.full_state
         && !typing_changed
+        && receipt_event.is_none()
         && room_account_data.is_empty()
         && !newly_joined
     {
@@ -355,6 +412,7 @@ fn joined_room(
     {
         ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": typing_users } }));
     }
+    ephemeral.extend(receipt_event);
 
     if !full
         && timeline.events.is_empty()
@@ -374,7 +432,7 @@ fn joined_room(
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-            format::client_event(server, pdu, meta.as_deref(), Some(&params.device), false)
+            format::client_event_for(server, pdu, meta.as_deref(), Some(&params.user), Some(&params.device), false)
         })
         .collect::<Result<Vec<_>>>()?;
 
@@ -392,10 +450,21 @@ fn joined_room(
         "account_data".into(),
         json!({ "events": room_account_data }),
     );
+    let per_thread = params.filter.room.timeline.unread_thread_notifications;
+    let read = receipts::read_up_to(maps, room_id, &params.user);
+    let counts = crate::push::unread_counts(maps, &params.user, room_id, &read, per_thread);
     room.insert(
         "unread_notifications".into(),
-        json!({ "notification_count": 0, "highlight_count": 0 }),
+        json!({ "notification_count": counts.notifications, "highlight_count": counts.highlights }),
     );
+    if per_thread {
+        let threads: Map<String, Value> = counts
+            .threads
+            .iter()
+            .map(|(root, (n, h))| (root.clone(), json!({ "notification_count": n, "highlight_count": h })))
+            .collect();
+        room.insert("unread_thread_notifications".into(), Value::Object(threads));
+    }
     let members_changed = full
         || timeline
             .events
@@ -642,7 +711,7 @@ fn left_room(
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-            format::client_event(server, pdu, meta.as_deref(), Some(&params.device), false)
+            format::client_event_for(server, pdu, meta.as_deref(), Some(&params.user), Some(&params.device), false)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({

@@ -2,6 +2,7 @@
 
 pub mod account_data;
 pub mod filters;
+pub mod presence;
 pub mod uiaa;
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};

@@ -117,6 +117,7 @@ pub async fn register(
         .create(&server, &user, body.password.as_deref())
         .await?;
     tracing::info!(%user, "registered");
+    server.push.init_user(&server, &user)?;
 
     let mut response = register::v3::Response::new(user.clone());
     if !body.inhibit_login {

@@ -59,6 +59,7 @@ pub async fn send(
     if let Some(event_id) = timeline::txn_event(&server, &user, &txn.device_id, &txn.txn_id)? {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
+    crate::rooms::relations::check_new(&server, &user, &event.content)?;
     let pdu = timeline::send_locked(&server, &body.room_id, &user, event, Some(txn))?;
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }
@@ -119,6 +120,8 @@ struct Walk<'a> {
     forward: bool,
     limit: usize,
     filter: &'a RoomEventFilter,
+    /// Senders whose messages the reader ignores.
+    ignored: &'a std::collections::BTreeSet<ruma::OwnedUserId>,
 }
 
 /// Events found by a walk, and whether more would follow.
@@ -170,6 +173,9 @@ fn walk(
                 count.saturating_sub(1)
             };
             if !filter::room_event_allowed(walk.filter, pdu) {
+                continue;
+            }
+            if !pdu.is_state() && walk.ignored.contains(&pdu.sender) {
                 continue;
             }
             let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
@@ -245,6 +251,7 @@ pub async fn messages(
     } else {
         (from, to)
     };
+    let ignored = crate::sync::v3::ignored_users(&server, &user)?;
     let page = walk(
         &server,
         &user,
@@ -256,6 +263,7 @@ pub async fn messages(
             forward,
             limit,
             filter: &body.filter,
+            ignored: &ignored,
         },
     )?;
     let device = request.device().ok();
@@ -264,7 +272,7 @@ pub async fn messages(
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(&server.maps, &pdu.event_id)?;
-            format::client_event(&server, pdu, meta.as_deref(), device, true)
+            format::client_event_for(&server, pdu, meta.as_deref(), Some(&user), device, true)
         })
         .collect::<Result<Vec<_>>>()?;
     let mut response = serde_json::Map::new();
@@ -314,6 +322,7 @@ pub async fn context(
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
     let reader = (&*user, current.as_ref());
+    let ignored = crate::sync::v3::ignored_users(&server, &user)?;
     let before = walk(
         &server,
         reader.0,
@@ -325,6 +334,7 @@ pub async fn context(
             forward: false,
             limit: before_limit,
             filter: &body.filter,
+            ignored: &ignored,
         },
     )?
     .events;
@@ -339,6 +349,7 @@ pub async fn context(
             forward: true,
             limit: after_limit,
             filter: &body.filter,
+            ignored: &ignored,
         },
     )?
     .events;
@@ -348,7 +359,7 @@ pub async fn context(
             .iter()
             .map(|(_, p)| {
                 let meta = server.rooms.event_meta(maps, &p.event_id)?;
-                format::client_event(&server, p, meta.as_deref(), device, true)
+                format::client_event_for(&server, p, meta.as_deref(), Some(&user), device, true)
             })
             .collect()
     };
@@ -390,7 +401,7 @@ pub async fn context(
         )?);
     }
     Ok(json!({
-        "event": format::client_event(&server, &pdu, Some(&meta), device, true)?,
+        "event": format::client_event_for(&server, &pdu, Some(&meta), Some(&user), device, true)?,
         "events_before": render(&before)?,
         "events_after": render(&after)?,
         "start": token(start),

@@ -23,6 +23,7 @@ pub async fn sync_v3(
     let user = request.owned_user()?;
     let device = request.owned_device()?;
     let body = &request.body;
+    let ignored = sync::v3::ignored_users(&server, &user)?;
     let filter = match &body.filter {
         None => FilterDefinition::default(),
         Some(Filter::FilterDefinition(definition)) => definition.clone(),
@@ -44,6 +45,8 @@ pub async fn sync_v3(
         full_state: body.full_state,
         use_state_after: body.use_state_after,
         timeout: body.timeout.unwrap_or_default().min(max),
+        set_presence: body.set_presence.as_str().to_owned(),
+        ignored,
     };
     sync::v3::sync(&server, params).await
 }
