@@ -3,7 +3,9 @@
 #
 #   benches/run.sh [--only sparks|synapse] [--duration S] [--concurrency 1,32]
 #                  [--wake-samples N] [--rooms N] [--msgs-per-room N]
-#                  [--initial-runs N] [--cold-runs N] [--json FILE] [--keep]
+#                  [--initial-runs N] [--cold-runs N] [--tests LIST]
+#                  [--media-uploads N] [--media-downloads N] [--thumb-samples N]
+#                  [--search-messages N] [--json FILE] [--keep]
 #
 # Servers run one at a time (never side by side), each on a loopback port, each
 # stopped by its own PID. Nothing but 127.0.0.1 is contacted.
@@ -30,10 +32,15 @@ ROOMS=200
 MSGS_PER_ROOM=3
 INITIAL_RUNS=5
 COLD_RUNS=3
+TESTS="send,wake,initial,media,search"
+SEARCH_MESSAGES=100000
+MEDIA_UPLOADS=64
+MEDIA_DOWNLOADS=128
+THUMB_SAMPLES=20
 JSON_OUT=""
 KEEP=0
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) ONLY="$2"; shift 2 ;;
@@ -44,6 +51,11 @@ while [ $# -gt 0 ]; do
     --msgs-per-room) MSGS_PER_ROOM="$2"; shift 2 ;;
     --initial-runs) INITIAL_RUNS="$2"; shift 2 ;;
     --cold-runs) COLD_RUNS="$2"; shift 2 ;;
+    --tests) TESTS="$2"; shift 2 ;;
+    --search-messages) SEARCH_MESSAGES="$2"; shift 2 ;;
+    --media-uploads) MEDIA_UPLOADS="$2"; shift 2 ;;
+    --media-downloads) MEDIA_DOWNLOADS="$2"; shift 2 ;;
+    --thumb-samples) THUMB_SAMPLES="$2"; shift 2 ;;
     --json) JSON_OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage 0 ;;
@@ -119,9 +131,12 @@ enabled = true
 
 [ratelimit]
 enabled = false
+
+[media]
+path = "$d/media"
 EOF
 }
-reset_sparks() { rm -rf "$WORK/sparks/db"; }
+reset_sparks() { rm -rf "$WORK/sparks/db" "$WORK/sparks/media"; }
 spawn_sparks() {
   "$SPARKS_BIN" --config "$WORK/sparks/sparks.toml" >>"$WORK/sparks/server.log" 2>&1 &
   SERVER_PID=$!
@@ -217,6 +232,9 @@ for s in $SERVERS; do
   if ! "$LOADGEN" run --url "$("url_$s")" --name "$s" --duration "$DURATION" \
         --concurrency "$CONCURRENCY" --wake-samples "$WAKE_SAMPLES" --rooms "$ROOMS" \
         --msgs-per-room "$MSGS_PER_ROOM" --initial-sync-runs "$INITIAL_RUNS" \
+        --tests "$TESTS" --media-uploads "$MEDIA_UPLOADS" \
+        --media-downloads "$MEDIA_DOWNLOADS" --thumb-samples "$THUMB_SAMPLES" \
+        --search-messages "$SEARCH_MESSAGES" \
         --json "$WORK/$s.load.json"; then
     log "--- last lines of $(server_log "$s") ---"
     tail -n 40 "$(server_log "$s")" >&2 || true
@@ -247,5 +265,8 @@ done
   --meta "duration_s=$DURATION" --meta "concurrency=$CONCURRENCY" \
   --meta "wake_samples=$WAKE_SAMPLES" --meta "rooms=$ROOMS" \
   --meta "msgs_per_room=$MSGS_PER_ROOM" --meta "initial_sync_runs=$INITIAL_RUNS" \
-  --meta "cold_runs=$COLD_RUNS" --meta "synapse_version=$SYNAPSE_VERSION"
+  --meta "cold_runs=$COLD_RUNS" --meta "tests=$TESTS" \
+  --meta "media_uploads=$MEDIA_UPLOADS" --meta "media_downloads=$MEDIA_DOWNLOADS" \
+  --meta "thumb_samples=$THUMB_SAMPLES" \
+  --meta "search_messages=$SEARCH_MESSAGES" --meta "synapse_version=$SYNAPSE_VERSION"
 FAILED=0

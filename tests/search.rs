@@ -44,7 +44,12 @@ fn ids(result: &Value) -> Vec<String> {
         .map(|results| {
             results
                 .iter()
-                .map(|r| r["result"]["event_id"].as_str().unwrap_or_default().to_owned())
+                .map(|r| {
+                    r["result"]["event_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -52,17 +57,6 @@ fn ids(result: &Value) -> Vec<String> {
 
 async fn term(server: &TestServer, user: &User, term: &str) -> Vec<String> {
     ids(&search(server, user, json!({ "search_term": term })).await)
-}
-
-async fn set_state(server: &TestServer, user: &User, room: &str, kind: &str, content: Value) {
-    let (status, body) = server
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(room)),
-            &user.token,
-            content,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "set {kind}: {body}");
 }
 
 #[tokio::test]
@@ -80,7 +74,10 @@ async fn finds_messages_names_and_topics() {
         .await;
 
     // Body, name, topic; case-insensitive.
-    assert_eq!(term(&server, &alice, "XYLOPHONE").await, vec![message.clone()]);
+    assert_eq!(
+        term(&server, &alice, "XYLOPHONE").await,
+        vec![message.clone()]
+    );
     let by_name = search(&server, &alice, json!({ "search_term": "quantum" })).await;
     assert_eq!(by_name["results"][0]["result"]["type"], "m.room.name");
     assert_eq!(by_name["count"], 1);
@@ -116,7 +113,10 @@ async fn finds_messages_names_and_topics() {
 
     // All words must match; quoted phrases match in order; `-word` excludes.
     let other = server.send_text(&alice, &room, "World of xylophones").await;
-    assert_eq!(term(&server, &alice, "hello world").await, vec![message.clone()]);
+    assert_eq!(
+        term(&server, &alice, "hello world").await,
+        vec![message.clone()]
+    );
     assert_eq!(
         term(&server, &alice, "\"world of\"").await,
         vec![other.clone()]
@@ -137,9 +137,7 @@ async fn rank_and_recent_ordering() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
-    let strong = server
-        .send_text(&alice, &room, "apple apple apple")
-        .await;
+    let strong = server.send_text(&alice, &room, "apple apple apple").await;
     let medium = server
         .send_text(&alice, &room, "apple orange pear grape melon kiwi")
         .await;
@@ -315,7 +313,12 @@ async fn paginates_with_next_batch() {
                 .as_array()
                 .expect("results")
                 .iter()
-                .map(|r| r["result"]["content"]["body"].as_str().unwrap_or_default().to_owned())
+                .map(|r| {
+                    r["result"]["content"]["body"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
                 .collect();
             assert_eq!(bodies, expected);
         }
@@ -417,7 +420,9 @@ async fn only_events_the_user_may_see() {
 
     // A room carol is not in: nothing from it.
     let private = server.create_room(&alice, json!({})).await;
-    server.send_text(&alice, &private, "confidential walrus").await;
+    server
+        .send_text(&alice, &private, "confidential walrus")
+        .await;
     assert!(term(&server, &carol, "walrus").await.is_empty());
     let filtered = search(
         &server,
@@ -472,11 +477,13 @@ async fn only_events_the_user_may_see() {
 
 #[tokio::test]
 async fn redacted_events_disappear() {
-    let server = TestServer::start().await;
+    let mut server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room = server.create_room(&alice, json!({})).await;
     let keep = server.send_text(&alice, &room, "keep this platypus").await;
-    let gone = server.send_text(&alice, &room, "delete this platypus").await;
+    let gone = server
+        .send_text(&alice, &room, "delete this platypus")
+        .await;
     assert_eq!(term(&server, &alice, "platypus").await.len(), 2);
     let (status, body) = server
         .put(
@@ -494,7 +501,6 @@ async fn redacted_events_disappear() {
     assert!(term(&server, &alice, "delete").await.is_empty());
     // Still gone after a restart (the index is not rebuilt with the old text).
     server.terminate();
-    let mut server = server;
     server.spawn().await;
     assert_eq!(term(&server, &alice, "platypus").await, vec![keep]);
 }
@@ -520,7 +526,12 @@ async fn index_survives_restart_and_kill() {
     let found: HashSet<String> = term(&server, &alice, "lemur").await.into_iter().collect();
     assert_eq!(found, sent);
     assert!(
-        server.dir.path().join("db-search").join("meta.json").exists(),
+        server
+            .dir
+            .path()
+            .join("db-search")
+            .join("meta.json")
+            .exists(),
         "the index lives next to the database"
     );
 
@@ -618,10 +629,26 @@ async fn bad_input() {
     let room = server.create_room(&alice, json!({})).await;
     server.send_text(&alice, &room, "some text").await;
     for odd in [
-        "", "\"", "-", "--", "\"\"", "-\"", "   ", "!!!", "*", "a", "ü", "\u{1F600}", "x\"y\"z",
-        "-text", "(", "[]", "AND OR NOT",
+        "",
+        "\"",
+        "-",
+        "--",
+        "\"\"",
+        "-\"",
+        "   ",
+        "!!!",
+        "*",
+        "a",
+        "ü",
+        "\u{1F600}",
+        "x\"y\"z",
+        "-text",
+        "(",
+        "[]",
+        "AND OR NOT",
     ] {
-        let (status, body) = post(json!({ "search_categories": { "room_events": { "search_term": odd } } })).await;
+        let (status, body) =
+            post(json!({ "search_categories": { "room_events": { "search_term": odd } } })).await;
         assert_eq!(status, StatusCode::OK, "{odd:?}: {body}");
     }
     let long = "word ".repeat(2000);

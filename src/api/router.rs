@@ -22,7 +22,10 @@ use ruma::api::client as c;
 use tower_http::cors::{Any, CorsLayer};
 
 use super::{
-    client::{account, account_data, alias, device, directory, discovery, membership, message, presence, profile, push, receipt, relations, report, room, session, state, sync, tag, typing},
+    client::{
+        account, account_data, alias, device, directory, discovery, membership, message, presence,
+        profile, push, receipt, relations, report, room, session, state, sync, tag, typing,
+    },
     federation,
     ruma::{route, route_json},
 };
@@ -46,6 +49,8 @@ pub fn build(server: Arc<Server>) -> Router {
     r = route(r, s, account::change_password);
     r = route(r, s, account::deactivate);
     r = route(r, s, account::openid_token);
+    r = route(r, s, account::threepids);
+    r = route(r, s, account::thirdparty_protocols);
     r = route(r, s, session::login);
     r = route(r, s, session::logout);
     r = route(r, s, session::logout_all);
@@ -177,9 +182,12 @@ pub fn build(server: Arc<Server>) -> Router {
         // MSC3266's first unstable path, still used by some clients.
         r = r.route(
             "/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}",
-            get(|State(server): State<Arc<Server>>, req: super::ruma::Ruma<c::room::get_summary::v1::Request>| async move {
-                space::summary(server, req).await.map(Json)
-            }),
+            get(
+                |State(server): State<Arc<Server>>,
+                 req: super::ruma::Ruma<c::room::get_summary::v1::Request>| async move {
+                    space::summary(server, req).await.map(Json)
+                },
+            ),
         );
     }
 

@@ -72,6 +72,8 @@ pub struct Ruma<R> {
     pub client: SocketAddr,
     /// The raw JSON body, for the few handlers that need fields ruma does not model.
     pub json: Bytes,
+    /// The raw query string, for parameters whose presence matters (ruma only gives values).
+    pub query: String,
 }
 
 impl<R> Ruma<R> {
@@ -225,6 +227,7 @@ where
         } else {
             body
         };
+        let query = parts.uri.query().unwrap_or_default().to_owned();
         precheck(&parts, &body)?;
         let request = http::Request::from_parts(parts, &body[..]);
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -240,6 +243,7 @@ where
             session,
             client,
             json: body,
+            query,
         })
     }
 }

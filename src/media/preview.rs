@@ -351,6 +351,9 @@ impl Media {
         image: &Fetched,
         og: &mut Map<String, Value>,
     ) {
+        if image.body.len() as u64 > self.config.max_upload_size {
+            return;
+        }
         let content_type = essence(&image.content_type);
         let filename = image
             .url

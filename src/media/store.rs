@@ -80,6 +80,7 @@ impl Store {
             path,
             hasher: Sha256::new(),
             size: 0,
+            buffer: Vec::new(),
         })
     }
 
@@ -120,6 +121,18 @@ impl Store {
         Ok(file)
     }
 
+    /// The first bytes of a stored content (to recognise its format).
+    pub async fn read_head(&self, stored: &Stored, len: usize) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let file = self.open(stored).await?;
+        let mut head = Vec::with_capacity(len);
+        file.take(len as u64)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| Error::internal(format_args!("media store: reading: {e}")))?;
+        Ok(head)
+    }
+
     /// Reads a whole stored content (for thumbnailing).
     pub async fn read(&self, stored: &Stored) -> Result<Vec<u8>> {
         use tokio::io::AsyncReadExt;
@@ -139,7 +152,12 @@ pub struct Writer {
     path: PathBuf,
     hasher: Sha256,
     size: u64,
+    /// Small chunks (a request body arrives in pieces of a few KiB) are gathered into larger
+    /// writes: each file write is a trip to tokio's blocking pool.
+    buffer: Vec<u8>,
 }
+
+const WRITE_BUFFER: usize = 256 * 1024;
 
 impl Writer {
     pub fn size(&self) -> u64 {
@@ -150,11 +168,24 @@ impl Writer {
         let Some(file) = self.file.as_mut() else {
             return Err(Error::internal("media store: write after finish"));
         };
-        file.write_all(chunk)
-            .await
-            .map_err(|e| io_error("writing", &self.path, e))?;
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
+        if self.buffer.is_empty() && chunk.len() >= WRITE_BUFFER {
+            return file
+                .write_all(chunk)
+                .await
+                .map_err(|e| io_error("writing", &self.path, e));
+        }
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve_exact(WRITE_BUFFER);
+        }
+        self.buffer.extend_from_slice(chunk);
+        if self.buffer.len() >= WRITE_BUFFER {
+            file.write_all(&self.buffer)
+                .await
+                .map_err(|e| io_error("writing", &self.path, e))?;
+            self.buffer.clear();
+        }
         Ok(())
     }
 
@@ -164,6 +195,10 @@ impl Writer {
         let Some(mut file) = self.file.take() else {
             return Err(Error::internal("media store: finished twice"));
         };
+        file.write_all(&self.buffer)
+            .await
+            .map_err(|e| io_error("writing", &self.path, e))?;
+        self.buffer = Vec::new();
         file.flush()
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;

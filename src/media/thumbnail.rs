@@ -2,7 +2,8 @@
 //! encoded as JPEG (for JPEG sources) or PNG, and cached by requested size and method.
 //!
 //! The spec's rules: never upscale; never return less than asked unless the image is smaller;
-//! an image no larger than the requested size is returned as it is. `scale` keeps the aspect
+//! an image no larger than the requested size is returned as it is (JPEG; formats that may be
+//! animated get their first frame, since animated thumbnails are not made). `scale` keeps the aspect
 //! ratio and fits the requested box; `crop` returns the requested aspect ratio, cut from the
 //! centre.
 
@@ -237,13 +238,16 @@ pub fn render(
         to_height,
     } = plan(w, h, tw, th, method)
     else {
-        if orientation == Orientation::NoTransforms {
+        // No larger than asked: the original, as the spec says, when it is a still image
+        // that needs no rotation. GIF, WebP and PNG may be animated, and an animated
+        // thumbnail is only allowed when asked for (and we make none): those get their
+        // first frame, re-encoded at full size.
+        if format == ImageFormat::Jpeg && orientation == Orientation::NoTransforms {
             return Ok(Rendered::Original {
                 width: w,
                 height: h,
             });
         }
-        // Small but rotated: re-encode upright rather than rely on clients reading EXIF.
         return encode(decode(decoder, orientation)?, format);
     };
     let mut image = decode(decoder, orientation)?;
@@ -384,10 +388,12 @@ impl Media {
         method: Method,
     ) -> Result<Thumbnail> {
         let stored = meta.stored();
-        let bytes = self.store.read(&stored).await?;
-        let format = sniff(&bytes).ok_or_else(|| {
+        // Recognised from the first bytes, so a large video is not read for nothing.
+        let head = self.store.read_head(&stored, 64).await?;
+        let format = sniff(&head).ok_or_else(|| {
             cannot_thumbnail("only PNG, JPEG, GIF and WebP images have thumbnails")
         })?;
+        let bytes = self.store.read(&stored).await?;
         let max_pixels = self.config.max_image_pixels;
         let rendered = {
             let _permit = self

@@ -125,6 +125,16 @@ impl Media {
                 if !valid_media_id(media_id) {
                     return Err(Error::not_found("Unknown media ID"));
                 }
+                // Marked in progress first, so the checks below cannot race another `PUT`.
+                if !self.in_progress.lock().insert(media_id.to_owned()) {
+                    return Err(cannot_overwrite(
+                        "Another upload to this media ID is in progress",
+                    ));
+                }
+                guard = Some(InProgress {
+                    media: self,
+                    key: media_id.to_owned(),
+                });
                 let key = media_key(local, media_id);
                 if server.maps.mediaid_meta.contains(&key)? {
                     return Err(cannot_overwrite("Media already uploaded"));
@@ -141,15 +151,6 @@ impl Media {
                         "Only the user who created this media ID may upload to it",
                     ));
                 }
-                if !self.in_progress.lock().insert(media_id.to_owned()) {
-                    return Err(cannot_overwrite(
-                        "Another upload to this media ID is in progress",
-                    ));
-                }
-                guard = Some(InProgress {
-                    media: self,
-                    key: media_id.to_owned(),
-                });
                 media_id.to_owned()
             }
         };
@@ -161,7 +162,13 @@ impl Media {
         let mut writer = self.store.writer().await?;
         let mut stream = upload.body.into_data_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| Error::bad_json("Could not read the upload body"))?;
+            let chunk = chunk.map_err(|_| {
+                Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "M_UNKNOWN",
+                    "Could not read the upload body",
+                )
+            })?;
             if writer.size() + chunk.len() as u64 > max {
                 return Err(too_large(max));
             }

@@ -61,7 +61,9 @@ impl Default for Push {
     fn default() -> Self {
         let (queue, receiver) = tokio::sync::mpsc::unbounded_channel();
         Self {
-            rulesets: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN))),
+            rulesets: Mutex::new(LruCache::new(
+                NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            )),
             pushers: pushers::Pushers::new(),
             queue,
             receiver: Mutex::new(Some(receiver)),
@@ -79,7 +81,9 @@ impl Push {
 
     /// Runs the delivery loop; called once at start with the server.
     pub async fn run_delivery(server: Arc<Server>) {
-        let Some(mut receiver) = server.push.receiver.lock().take() else { return };
+        let Some(mut receiver) = server.push.receiver.lock().take() else {
+            return;
+        };
         while let Some((user, notification)) = receiver.recv().await {
             pushers::deliver(&server, user, notification);
         }
@@ -129,13 +133,22 @@ pub struct Outcome {
 
 /// Evaluates every local joined member's rules for a new event (not the sender's) and records
 /// the notifications in `batch`. Returns who was notified, for push gateways.
-pub fn evaluate(server: &Server, batch: &mut Batch, pdu: &Pdu, count: u64, state: &StateMap) -> Result<Vec<Outcome>> {
+pub fn evaluate(
+    server: &Server,
+    batch: &mut Batch,
+    pdu: &Pdu,
+    count: u64,
+    state: &StateMap,
+) -> Result<Vec<Outcome>> {
     let maps = &server.maps;
     let room = &pdu.room_id;
     let mut members = (*server.rooms.local_joined(server, room)?).clone();
     // An invited local user is not joined yet but is notified of their invite.
     if pdu.membership().as_deref() == Some("invite") {
-        if let Some(target) = pdu.state_user().filter(|t| server.is_local(t.server_name())) {
+        if let Some(target) = pdu
+            .state_user()
+            .filter(|t| server.is_local(t.server_name()))
+        {
             if !members.iter().any(|m| m == target) {
                 members.push(target.to_owned());
             }
@@ -150,7 +163,8 @@ pub fn evaluate(server: &Server, batch: &mut Batch, pdu: &Pdu, count: u64, state
     let flat = FlattenedJson::from_raw(&raw);
     let member_count = UInt::try_from(server.rooms.joined_count(server, room)?).unwrap_or_default();
     let power_levels = power_levels_ctx(server, room, state)?;
-    let thread = crate::rooms::relations::thread_of(pdu).map(|root| root.to_string());
+    let thread =
+        crate::rooms::relations::thread_root(maps, &server.rooms, pdu).map(|root| root.to_string());
 
     let mut outcomes = Vec::new();
     for user in members.iter().filter(|m| **m != pdu.sender) {
@@ -159,12 +173,15 @@ pub fn evaluate(server: &Server, batch: &mut Batch, pdu: &Pdu, count: u64, state
             .state_event(maps, state, &StateEventType::RoomMember, user.as_str())?
             .and_then(|member| member.content_str("displayname"))
             .unwrap_or_else(|| user.localpart().to_owned());
-        let mut ctx = PushConditionRoomCtx::new(room.clone(), member_count, user.clone(), display_name);
+        let mut ctx =
+            PushConditionRoomCtx::new(room.clone(), member_count, user.clone(), display_name);
         if let Some(levels) = &power_levels {
             ctx = ctx.with_power_levels(levels.clone());
         }
         let ruleset = server.push.ruleset(maps, user)?;
-        let Some(actions) = matching_actions(&ruleset, &flat, &ctx) else { continue };
+        let Some(actions) = matching_actions(&ruleset, &flat, &ctx) else {
+            continue;
+        };
         let notify = actions.iter().any(Action::should_notify);
         if !notify {
             continue;
@@ -178,20 +195,39 @@ pub fn evaluate(server: &Server, batch: &mut Batch, pdu: &Pdu, count: u64, state
             actions: serde_json::to_value(&actions)?,
             ts: now_ms(),
         };
-        batch.put(&maps.usercount_notification, Key::new().s(user.as_str()).n(count).build(), serde_json::to_vec(&notification)?);
+        batch.put(
+            &maps.usercount_notification,
+            Key::new().s(user.as_str()).n(count).build(),
+            serde_json::to_vec(&notification)?,
+        );
         batch.put(
             &maps.userroomcount_notification,
-            Key::new().s(user.as_str()).s(room.as_str()).n(count).build(),
-            serde_json::to_vec(&Unread { highlight, thread: thread.clone() })?,
+            Key::new()
+                .s(user.as_str())
+                .s(room.as_str())
+                .n(count)
+                .build(),
+            serde_json::to_vec(&Unread {
+                highlight,
+                thread: thread.clone(),
+            })?,
         );
-        outcomes.push(Outcome { user: user.clone(), notification, notify });
+        outcomes.push(Outcome {
+            user: user.clone(),
+            notification,
+            notify,
+        });
     }
     Ok(outcomes)
 }
 
 /// The actions of the first rule that applies. The rules' conditions never wait on anything
 /// here (no thread-subscription callback is set), so their futures complete on first poll.
-fn matching_actions(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> Option<Vec<Action>> {
+fn matching_actions(
+    ruleset: &Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<Vec<Action>> {
     for rule in ruleset.iter() {
         if futures::executor::block_on(rule.applies(event, ctx)) {
             return Some(rule.actions().to_vec());
@@ -200,9 +236,17 @@ fn matching_actions(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditio
     None
 }
 
-fn power_levels_ctx(server: &Server, room: &RoomId, state: &StateMap) -> Result<Option<PushConditionPowerLevelsCtx>> {
+fn power_levels_ctx(
+    server: &Server,
+    room: &RoomId,
+    state: &StateMap,
+) -> Result<Option<PushConditionPowerLevelsCtx>> {
     let maps = &server.maps;
-    let Some(levels) = server.rooms.state_event(maps, state, &StateEventType::RoomPowerLevels, "")? else {
+    let Some(levels) =
+        server
+            .rooms
+            .state_event(maps, state, &StateEventType::RoomPowerLevels, "")?
+    else {
         return Ok(None);
     };
     let content = levels.content_value();
@@ -213,23 +257,42 @@ fn power_levels_ctx(server: &Server, room: &RoomId, state: &StateMap) -> Result<
         .map(|users| {
             users
                 .iter()
-                .filter_map(|(user, level)| Some((OwnedUserId::try_from(user.as_str()).ok()?, int(level)?)))
+                .filter_map(|(user, level)| {
+                    Some((OwnedUserId::try_from(user.as_str()).ok()?, int(level)?))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let users_default = content.get("users_default").and_then(int).unwrap_or_default();
+    let users_default = content
+        .get("users_default")
+        .and_then(int)
+        .unwrap_or_default();
     let mut notifications = NotificationPowerLevels::new();
-    if let Some(room_level) = content.get("notifications").and_then(|n| n.get("room")).and_then(int) {
+    if let Some(room_level) = content
+        .get("notifications")
+        .and_then(|n| n.get("room"))
+        .and_then(int)
+    {
         notifications.room = room_level;
     }
     let version = server.rooms.version(maps, room)?;
     let rules = crate::rooms::version::rules(&version)?;
-    let creators = match server.rooms.state_event(maps, state, &StateEventType::RoomCreate, "")? {
-        Some(create) => ruma::state_res::events::RoomCreateEvent::new(create).creators(&rules.authorization).unwrap_or_default(),
+    let creators = match server
+        .rooms
+        .state_event(maps, state, &StateEventType::RoomCreate, "")?
+    {
+        Some(create) => ruma::state_res::events::RoomCreateEvent::new(create)
+            .creators(&rules.authorization)
+            .unwrap_or_default(),
         None => Default::default(),
     };
     let power_rules = RoomPowerLevelsRules::new(&rules.authorization, creators);
-    Ok(Some(PushConditionPowerLevelsCtx::new(users, users_default, notifications, power_rules)))
+    Ok(Some(PushConditionPowerLevelsCtx::new(
+        users,
+        users_default,
+        notifications,
+        power_rules,
+    )))
 }
 
 /// Unread counts for a room: (notifications, highlights) in the main timeline (or everything
@@ -240,15 +303,36 @@ pub struct Counts {
     pub threads: BTreeMap<String, (u64, u64)>,
 }
 
-pub fn unread_counts(maps: &Maps, user: &UserId, room: &RoomId, read: &ReadUpTo, per_thread: bool) -> Counts {
-    let mut counts = Counts { notifications: 0, highlights: 0, threads: BTreeMap::new() };
+pub fn unread_counts(
+    maps: &Maps,
+    user: &UserId,
+    room: &RoomId,
+    read: &ReadUpTo,
+    per_thread: bool,
+) -> Counts {
+    let mut counts = Counts {
+        notifications: 0,
+        highlights: 0,
+        threads: BTreeMap::new(),
+    };
     // Everything up to the unthreaded receipt is read whatever thread it is in.
     let floor = read.unthreaded;
     let prefix = Key::new().s(user.as_str()).s(room.as_str()).prefix();
-    let from = Key::new().s(user.as_str()).s(room.as_str()).n(floor.saturating_add(1)).build();
-    for (key, value) in maps.userroomcount_notification.scan_from(prefix, from, true) {
-        let Some(count) = crate::storage::keys::tail_u64(&key) else { continue };
-        let Ok(unread) = serde_json::from_slice::<Unread>(&value) else { continue };
+    let from = Key::new()
+        .s(user.as_str())
+        .s(room.as_str())
+        .n(floor.saturating_add(1))
+        .build();
+    for (key, value) in maps
+        .userroomcount_notification
+        .scan_from(prefix, from, true)
+    {
+        let Some(count) = crate::storage::keys::tail_u64(&key) else {
+            continue;
+        };
+        let Ok(unread) = serde_json::from_slice::<Unread>(&value) else {
+            continue;
+        };
         if count <= read.for_thread(unread.thread.as_deref()) {
             continue;
         }
@@ -268,12 +352,22 @@ pub fn unread_counts(maps: &Maps, user: &UserId, room: &RoomId, read: &ReadUpTo,
 }
 
 /// A user's notifications, newest first, before stream position `before`.
-pub fn notifications(maps: &Maps, user: &UserId, before: u64, limit: usize) -> Result<Vec<(u64, Notification)>> {
+pub fn notifications(
+    maps: &Maps,
+    user: &UserId,
+    before: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Notification)>> {
     let prefix = Key::new().s(user.as_str()).prefix();
-    let from = Key::new().s(user.as_str()).n(before.saturating_sub(1)).build();
+    let from = Key::new()
+        .s(user.as_str())
+        .n(before.saturating_sub(1))
+        .build();
     let mut out = Vec::new();
     for (key, value) in maps.usercount_notification.scan_from(prefix, from, false) {
-        let Some(count) = crate::storage::keys::tail_u64(&key) else { continue };
+        let Some(count) = crate::storage::keys::tail_u64(&key) else {
+            continue;
+        };
         if count >= before {
             continue;
         }

@@ -70,10 +70,19 @@ pub fn list(maps: &Maps, user: &UserId) -> Result<Vec<Pusher>> {
 /// pushkey are removed (a device moves to another account).
 pub fn set(server: &Server, user: &UserId, mut pusher: Pusher, append: bool) -> Result<()> {
     if pusher.kind == "http" {
-        let url = pusher.data.get("url").and_then(Value::as_str).unwrap_or_default();
-        let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("data.url must be a valid URL"))?;
-        if !matches!(parsed.scheme(), "http" | "https") || !parsed.path().ends_with("/_matrix/push/v1/notify") {
-            return Err(Error::invalid_param("data.url must be an http(s) URL ending in /_matrix/push/v1/notify"));
+        let url = pusher
+            .data
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| Error::invalid_param("data.url must be a valid URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || !parsed.path().ends_with("/_matrix/push/v1/notify")
+        {
+            return Err(Error::invalid_param(
+                "data.url must be an http(s) URL ending in /_matrix/push/v1/notify",
+            ));
         }
     }
     pusher.pushkey_ts = now_ms();
@@ -88,17 +97,26 @@ pub fn set(server: &Server, user: &UserId, mut pusher: Pusher, append: bool) -> 
             }
         }
     }
-    batch.put(&maps.userpusher, key(user, &pusher.app_id, &pusher.pushkey), serde_json::to_vec(&pusher)?);
+    batch.put(
+        &maps.userpusher,
+        key(user, &pusher.app_id, &pusher.pushkey),
+        serde_json::to_vec(&pusher)?,
+    );
     server.db.commit(batch)
 }
 
 pub fn remove(server: &Server, user: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
-    server.maps.userpusher.delete(&server.db, key(user, app_id, pushkey))
+    server
+        .maps
+        .userpusher
+        .delete(&server.db, key(user, app_id, pushkey))
 }
 
 /// Sends a notification to each of the user's HTTP pushers, in the background.
 pub fn deliver(server: &std::sync::Arc<Server>, user: OwnedUserId, notification: Notification) {
-    let Ok(pushers) = list(&server.maps, &user) else { return };
+    let Ok(pushers) = list(&server.maps, &user) else {
+        return;
+    };
     for pusher in pushers.into_iter().filter(|p| p.kind == "http") {
         let server = server.clone();
         let user = user.clone();
@@ -111,26 +129,55 @@ pub fn deliver(server: &std::sync::Arc<Server>, user: OwnedUserId, notification:
     }
 }
 
-async fn deliver_one(server: &Server, user: &UserId, pusher: &Pusher, notification: &Notification) -> Result<()> {
-    let url = pusher.data.get("url").and_then(Value::as_str).ok_or_else(|| Error::internal("pusher without url"))?;
+async fn deliver_one(
+    server: &Server,
+    user: &UserId,
+    pusher: &Pusher,
+    notification: &Notification,
+) -> Result<()> {
+    let url = pusher
+        .data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::internal("pusher without url"))?;
     let body = request_body(server, user, pusher, notification)?;
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=MAX_ATTEMPTS {
-        match server.push.pushers.client.post(url).json(&body).send().await {
+        match server
+            .push
+            .pushers
+            .client
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(response) if response.status().is_success() => {
                 let answer: Value = response.json().await.unwrap_or_default();
                 // The gateway tells us which pushkeys it no longer knows: drop those pushers.
-                let rejected = answer.get("rejected").and_then(Value::as_array).cloned().unwrap_or_default();
-                if rejected.iter().any(|key| key.as_str() == Some(pusher.pushkey.as_str())) {
+                let rejected = answer
+                    .get("rejected")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if rejected
+                    .iter()
+                    .any(|key| key.as_str() == Some(pusher.pushkey.as_str()))
+                {
                     remove(server, user, &pusher.app_id, &pusher.pushkey)?;
                 }
                 return Ok(());
             }
             // A 4xx will not get better by retrying.
             Ok(response) if response.status().is_client_error() => {
-                return Err(Error::internal(format_args!("gateway answered {}", response.status())));
+                return Err(Error::internal(format_args!(
+                    "gateway answered {}",
+                    response.status()
+                )));
             }
-            Ok(response) => tracing::debug!(attempt, status = %response.status(), "push gateway error; retrying"),
+            Ok(response) => {
+                tracing::debug!(attempt, status = %response.status(), "push gateway error; retrying")
+            }
             Err(error) => tracing::debug!(attempt, %error, "push gateway unreachable; retrying"),
         }
         if attempt < MAX_ATTEMPTS {
@@ -138,13 +185,23 @@ async fn deliver_one(server: &Server, user: &UserId, pusher: &Pusher, notificati
             delay = (delay * 2).min(Duration::from_secs(60));
         }
     }
-    Err(Error::internal(format_args!("gave up after {MAX_ATTEMPTS} attempts")))
+    Err(Error::internal(format_args!(
+        "gave up after {MAX_ATTEMPTS} attempts"
+    )))
 }
 
 /// The push gateway API request body (`POST /_matrix/push/v1/notify`).
-fn request_body(server: &Server, user: &UserId, pusher: &Pusher, notification: &Notification) -> Result<Value> {
+fn request_body(
+    server: &Server,
+    user: &UserId,
+    pusher: &Pusher,
+    notification: &Notification,
+) -> Result<Value> {
     let maps = &server.maps;
-    let pdu = server.rooms.pdu(maps, &notification.event_id)?.ok_or_else(|| Error::internal("notified event vanished"))?;
+    let pdu = server
+        .rooms
+        .pdu(maps, &notification.event_id)?
+        .ok_or_else(|| Error::internal("notified event vanished"))?;
     let event_id_only = pusher.data.get("format").and_then(Value::as_str) == Some("event_id_only");
     let mut data = pusher.data.clone();
     if let Some(object) = data.as_object_mut() {
@@ -169,11 +226,21 @@ fn request_body(server: &Server, user: &UserId, pusher: &Pusher, notification: &
     if !event_id_only {
         let sender_name = server
             .rooms
-            .current_state_event(maps, &notification.room_id, &ruma::events::StateEventType::RoomMember, pdu.sender.as_str())?
+            .current_state_event(
+                maps,
+                &notification.room_id,
+                &ruma::events::StateEventType::RoomMember,
+                pdu.sender.as_str(),
+            )?
             .and_then(|m| m.content_str("displayname"));
         let room_name = server
             .rooms
-            .current_state_event(maps, &notification.room_id, &ruma::events::StateEventType::RoomName, "")?
+            .current_state_event(
+                maps,
+                &notification.room_id,
+                &ruma::events::StateEventType::RoomName,
+                "",
+            )?
             .and_then(|n| n.content_str("name"));
         body["type"] = json!(pdu.kind.to_string());
         body["sender"] = json!(pdu.sender);
@@ -196,24 +263,26 @@ fn tweaks_of(actions: &Value) -> Value {
     let mut tweaks = serde_json::Map::new();
     for action in actions.as_array().into_iter().flatten() {
         if let Some(name) = action.get("set_tweak").and_then(Value::as_str) {
-            tweaks.insert(name.to_owned(), action.get("value").cloned().unwrap_or(Value::Bool(true)));
+            tweaks.insert(
+                name.to_owned(),
+                action.get("value").cloned().unwrap_or(Value::Bool(true)),
+            );
         }
     }
     Value::Object(tweaks)
 }
 
-/// The badge count: rooms with unread notifications.
+/// The badge count: unread notifications across the user's rooms (the push gateway API's
+/// "number of unread messages"; Synapse counts rooms by default, the spec says messages).
 fn unread_rooms(server: &Server, user: &UserId) -> Result<u64> {
-    let mut rooms = 0;
+    let mut unread = 0;
     for (room, membership) in server.rooms.rooms_of(&server.maps, user)? {
         if membership.membership != "join" {
             continue;
         }
         let read = crate::rooms::receipts::read_up_to(&server.maps, &room, user);
         let counts = super::unread_counts(&server.maps, user, &room, &read, false);
-        if counts.notifications > 0 {
-            rooms += 1;
-        }
+        unread += counts.notifications;
     }
-    Ok(rooms)
+    Ok(unread)
 }

@@ -325,7 +325,11 @@ impl Rooms {
     }
 
     /// Local users joined to the room (cached per room).
-    pub fn local_joined(&self, server: &crate::server::Server, room_id: &RoomId) -> Result<Arc<Vec<OwnedUserId>>> {
+    pub fn local_joined(
+        &self,
+        server: &crate::server::Server,
+        room_id: &RoomId,
+    ) -> Result<Arc<Vec<OwnedUserId>>> {
         if let Some(found) = self.local_joined.lock().get(room_id) {
             return Ok(found.clone());
         }
@@ -336,7 +340,9 @@ impl Rooms {
             .map(|(user, _)| user)
             .collect();
         let users = Arc::new(users);
-        self.local_joined.lock().insert(room_id.to_owned(), users.clone());
+        self.local_joined
+            .lock()
+            .insert(room_id.to_owned(), users.clone());
         Ok(users)
     }
 
@@ -345,7 +351,11 @@ impl Rooms {
         if let Some(count) = self.joined_counts.lock().get(room_id) {
             return Ok(*count);
         }
-        let count = self.members(&server.maps, room_id)?.iter().filter(|(_, m)| m.membership == "join").count() as u64;
+        let count = self
+            .members(&server.maps, room_id)?
+            .iter()
+            .filter(|(_, m)| m.membership == "join")
+            .count() as u64;
         self.joined_counts.lock().insert(room_id.to_owned(), count);
         Ok(count)
     }

@@ -37,12 +37,24 @@ pub struct Entry {
 }
 
 fn key(room: &RoomId, user: &UserId, receipt_type: &str, thread: &str) -> Vec<u8> {
-    Key::new().s(room.as_str()).s(user.as_str()).s(receipt_type).s(thread).build()
+    Key::new()
+        .s(room.as_str())
+        .s(user.as_str())
+        .s(receipt_type)
+        .s(thread)
+        .build()
 }
 
 /// Records a receipt. Receipts never move backwards within one (type, thread): an older event
 /// is accepted and ignored, as Synapse does.
-pub fn set(server: &Server, room: &RoomId, user: &UserId, receipt_type: &str, thread: &str, event_id: &EventId) -> Result<()> {
+pub fn set(
+    server: &Server,
+    room: &RoomId,
+    user: &UserId,
+    receipt_type: &str,
+    thread: &str,
+    event_id: &EventId,
+) -> Result<()> {
     let maps = &server.maps;
     let meta = server
         .rooms
@@ -54,14 +66,25 @@ pub fn set(server: &Server, room: &RoomId, user: &UserId, receipt_type: &str, th
         Some(raw) => Some(serde_json::from_slice(&raw)?),
         None => None,
     };
-    if previous.as_ref().is_some_and(|p| p.event_count >= meta.count) {
+    if previous
+        .as_ref()
+        .is_some_and(|p| p.event_count >= meta.count)
+    {
         return Ok(());
     }
     let mut batch = server.db.batch();
     let pending = server.stream.next(maps, &mut batch);
-    let receipt = Receipt { event_id: event_id.to_owned(), ts: now_ms(), count: pending.count(), event_count: meta.count };
+    let receipt = Receipt {
+        event_id: event_id.to_owned(),
+        ts: now_ms(),
+        count: pending.count(),
+        event_count: meta.count,
+    };
     if let Some(previous) = &previous {
-        batch.delete(&maps.roomcount_receipt, Key::new().s(room.as_str()).n(previous.count).build());
+        batch.delete(
+            &maps.roomcount_receipt,
+            Key::new().s(room.as_str()).n(previous.count).build(),
+        );
     }
     batch.put(&maps.roomreceipt, &key, serde_json::to_vec(&receipt)?);
     batch.put(
@@ -87,7 +110,12 @@ fn parse_entry(room: &RoomId, key: &[u8], value: &[u8]) -> Option<Entry> {
     let receipt_type = std::str::from_utf8(parts.next()?).ok()?.to_owned();
     let thread = std::str::from_utf8(parts.next()?).ok()?.to_owned();
     let receipt = serde_json::from_slice(value).ok()?;
-    Some(Entry { user, receipt_type, thread, receipt })
+    Some(Entry {
+        user,
+        receipt_type,
+        thread,
+        receipt,
+    })
 }
 
 /// Every receipt in a room.
@@ -101,18 +129,30 @@ pub fn all(maps: &Maps, room: &RoomId) -> Vec<Entry> {
 /// Receipts changed after stream position `since`, up to `to`.
 pub fn changed(maps: &Maps, room: &RoomId, since: u64, to: u64) -> Result<Vec<Entry>> {
     let prefix = Key::new().s(room.as_str()).prefix();
-    let from = Key::new().s(room.as_str()).n(since.saturating_add(1)).build();
+    let from = Key::new()
+        .s(room.as_str())
+        .n(since.saturating_add(1))
+        .build();
     let mut out = Vec::new();
     for (key, value) in maps.roomcount_receipt.scan_from(prefix, from, true) {
-        let Some(count) = crate::storage::keys::tail_u64(&key) else { continue };
+        let Some(count) = crate::storage::keys::tail_u64(&key) else {
+            continue;
+        };
         if count > to {
             break;
         }
-        let Ok((user, receipt_type, thread)) = serde_json::from_slice::<(OwnedUserId, String, String)>(&value) else {
+        let Ok((user, receipt_type, thread)) =
+            serde_json::from_slice::<(OwnedUserId, String, String)>(&value)
+        else {
             continue;
         };
-        if let Some(raw) = maps.roomreceipt.get(self::key(room, &user, &receipt_type, &thread))? {
-            if let Some(entry) = parse_entry(room, &self::key(room, &user, &receipt_type, &thread), &raw) {
+        if let Some(raw) = maps
+            .roomreceipt
+            .get(self::key(room, &user, &receipt_type, &thread))?
+        {
+            if let Some(entry) =
+                parse_entry(room, &self::key(room, &user, &receipt_type, &thread), &raw)
+            {
                 out.push(entry);
             }
         }
@@ -132,8 +172,12 @@ pub fn ephemeral_event(entries: &[Entry], viewer: &UserId) -> Option<Value> {
         if !entry.thread.is_empty() {
             info.insert("thread_id".into(), json!(entry.thread));
         }
-        let by_type = content.entry(entry.receipt.event_id.to_string()).or_default();
-        let users = by_type.entry(entry.receipt_type.clone()).or_insert_with(|| json!({}));
+        let by_type = content
+            .entry(entry.receipt.event_id.to_string())
+            .or_default();
+        let users = by_type
+            .entry(entry.receipt_type.clone())
+            .or_insert_with(|| json!({}));
         if let Some(users) = users.as_object_mut() {
             users.insert(entry.user.to_string(), Value::Object(info));
         }
@@ -161,11 +205,37 @@ impl ReadUpTo {
     }
 }
 
+/// How far the user has read: by receipts, and by their own events (which mark everything
+/// before them as read for unread counts).
 pub fn read_up_to(maps: &Maps, room: &RoomId, user: &UserId) -> ReadUpTo {
+    let mut read = read_by_receipts(maps, room, user);
+    let own_prefix = Key::new().s(room.as_str()).s(user.as_str()).prefix();
+    let plen = own_prefix.len();
+    for (key, value) in maps.own_read.scan_prefix(own_prefix) {
+        let (Some(thread), Some(position)) = (
+            std::str::from_utf8(&key[plen..]).ok(),
+            crate::storage::keys::u64_from(&value),
+        ) else {
+            continue;
+        };
+        if thread == "main" {
+            read.main = read.main.max(position);
+        } else {
+            let slot = read.threads.entry(thread.to_owned()).or_default();
+            *slot = (*slot).max(position);
+        }
+    }
+    read
+}
+
+/// How far the user's receipts say they have read (what `/notifications` reports as `read`).
+pub fn read_by_receipts(maps: &Maps, room: &RoomId, user: &UserId) -> ReadUpTo {
     let mut read = ReadUpTo::default();
     let prefix = Key::new().s(room.as_str()).s(user.as_str()).prefix();
     for (key, value) in maps.roomreceipt.scan_prefix(prefix) {
-        let Some(entry) = parse_entry(room, &key, &value) else { continue };
+        let Some(entry) = parse_entry(room, &key, &value) else {
+            continue;
+        };
         if entry.receipt_type != READ && entry.receipt_type != READ_PRIVATE {
             continue;
         }
@@ -180,4 +250,21 @@ pub fn read_up_to(maps: &Maps, room: &RoomId, user: &UserId) -> ReadUpTo {
         }
     }
     read
+}
+
+/// Records a user's own new event as read by them (in the event's batch).
+pub fn mark_own(
+    maps: &Maps,
+    batch: &mut crate::storage::Batch,
+    room: &RoomId,
+    user: &UserId,
+    thread: Option<&str>,
+    count: u64,
+) {
+    let key = Key::new()
+        .s(room.as_str())
+        .s(user.as_str())
+        .s(thread.unwrap_or("main"))
+        .build();
+    batch.put(&maps.own_read, key, count.to_be_bytes());
 }

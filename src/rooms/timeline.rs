@@ -428,6 +428,17 @@ pub fn persist(
     }
 
     super::relations::index(server, &mut batch, &pdu, count)?;
+    if server.is_local(pdu.sender.server_name()) {
+        let thread = super::relations::thread_root(maps, rooms, &pdu);
+        super::receipts::mark_own(
+            maps,
+            &mut batch,
+            &room_id,
+            &pdu.sender,
+            thread.as_ref().map(|t| t.as_str()),
+            count,
+        );
+    }
     // Push rules are judged against the state the event was sent in.
     let notified = crate::push::evaluate(server, &mut batch, &pdu, count, state_before)?;
 

@@ -21,7 +21,10 @@ pub mod query;
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{Arc, OnceLock, Weak},
+    sync::{
+        Arc, OnceLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -129,6 +132,21 @@ struct Shared {
     wake: Condvar,
     progress: Mutex<Progress>,
     progressed: Condvar,
+    /// The indexing thread has ended (the server is gone, or it panicked): stop queueing and
+    /// do not wait for it.
+    stopped: AtomicBool,
+}
+
+/// Marks the indexing thread stopped when it ends, however it ends.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.queue.lock().jobs.clear();
+        let _progress = self.0.progress.lock();
+        self.0.progressed.notify_all();
+    }
 }
 
 pub struct Search {
@@ -169,6 +187,7 @@ impl Search {
                 wake: Condvar::new(),
                 progress: Mutex::new(Progress::default()),
                 progressed: Condvar::new(),
+                stopped: AtomicBool::new(false),
             }),
             writer: Mutex::new(Some(writer)),
             started: OnceLock::new(),
@@ -225,6 +244,9 @@ impl Search {
     }
 
     fn push(&self, job: Job) {
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let mut queue = self.shared.queue.lock();
         queue.jobs.push(job);
         queue.enqueued += 1;
@@ -259,6 +281,9 @@ impl Search {
         let start = Instant::now();
         let mut progress = self.shared.progress.lock();
         loop {
+            if self.shared.stopped.load(Ordering::SeqCst) {
+                return;
+            }
             let done = if commit {
                 progress.committed >= target
             } else {
@@ -441,6 +466,7 @@ fn commit(shared: &Shared, writer: &mut IndexWriter, position: u64) -> tantivy::
 
 /// The indexing thread. Ends when the server is dropped.
 fn worker(shared: Arc<Shared>, server: Weak<Server>, mut writer: IndexWriter) {
+    let _guard = StopGuard(shared.clone());
     let mut position = shared.opened_position;
     let mut catch_up = None;
     if let Some(server) = server.upgrade() {

@@ -160,6 +160,9 @@ catalog! {
     userid_presence in "receipts" = 3;
     /// `count -> user_id`: presence changes in stream order.
     count_presence in "receipts" = 4;
+    /// `room_id, user_id, "main" or thread root -> count`: the user's own latest event there,
+    /// which marks everything before it as read (an implicit receipt that nobody else sees).
+    own_read in "receipts" = 5;
 
     // ---- push ----
     /// `user_id, count -> json Notification`: notifications, for `/notifications`.

@@ -37,10 +37,7 @@ pub struct SyncParams {
 
 /// The users in a user's `m.ignored_user_list`.
 pub fn ignored_users(server: &Server, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-    Ok(account_data::get(&server.maps, user, None, "m.ignored_user_list")?
-        .and_then(|content| content.get("ignored_users").and_then(Value::as_object).cloned())
-        .map(|users| users.keys().filter_map(|u| OwnedUserId::try_from(u.as_str()).ok()).collect())
-        .unwrap_or_default())
+    account_data::ignored_users(&server.maps, user)
 }
 
 /// Long-polls until something for the user arrives or the timeout passes.
@@ -130,7 +127,10 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
             }
             "invite" if since.is_none_or(|s| membership.count > s) => {
                 // Invites from ignored users are not shown.
-                let inviter = server.rooms.pdu(&server.maps, &membership.event_id)?.map(|p| p.sender.clone());
+                let inviter = server
+                    .rooms
+                    .pdu(&server.maps, &membership.event_id)?
+                    .map(|p| p.sender.clone());
                 if inviter.is_some_and(|i| params.ignored.contains(&i)) {
                     continue;
                 }
@@ -193,7 +193,12 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
 }
 
 /// Presence of the users sharing a room with the requester: all of it initially, changes after.
-fn presence_section(server: &Server, params: &SyncParams, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
+fn presence_section(
+    server: &Server,
+    params: &SyncParams,
+    since: Option<u64>,
+    now: u64,
+) -> Result<Vec<Value>> {
     use crate::users::presence;
     if !filter::type_only_allowed(&params.filter.presence, "m.presence") {
         return Ok(Vec::new());
@@ -205,12 +210,22 @@ fn presence_section(server: &Server, params: &SyncParams, since: Option<u64>, no
     if since.is_some() && changed.is_empty() {
         return Ok(Vec::new());
     }
-    let mates: BTreeSet<OwnedUserId> = presence::room_mates(server, &params.user)?.into_iter().collect();
+    let mates: BTreeSet<OwnedUserId> = presence::room_mates(server, &params.user)?
+        .into_iter()
+        .collect();
     let records: Vec<(OwnedUserId, presence::Presence)> = match since {
-        Some(_) => changed.into_iter().filter(|(u, _)| mates.contains(u)).collect(),
+        Some(_) => changed
+            .into_iter()
+            .filter(|(u, _)| mates.contains(u))
+            .collect(),
         None => mates
             .iter()
-            .filter_map(|u| presence::get(&server.maps, u).ok().flatten().map(|p| (u.clone(), p)))
+            .filter_map(|u| {
+                presence::get(&server.maps, u)
+                    .ok()
+                    .flatten()
+                    .map(|p| (u.clone(), p))
+            })
             .collect(),
     };
     Ok(records
@@ -432,7 +447,14 @@ fn joined_room(
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-            format::client_event_for(server, pdu, meta.as_deref(), Some(&params.user), Some(&params.device), false)
+            format::client_event_for(
+                server,
+                pdu,
+                meta.as_deref(),
+                Some(&params.user),
+                Some(&params.device),
+                false,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
 
@@ -461,7 +483,12 @@ fn joined_room(
         let threads: Map<String, Value> = counts
             .threads
             .iter()
-            .map(|(root, (n, h))| (root.clone(), json!({ "notification_count": n, "highlight_count": h })))
+            .map(|(root, (n, h))| {
+                (
+                    root.clone(),
+                    json!({ "notification_count": n, "highlight_count": h }),
+                )
+            })
             .collect();
         room.insert("unread_thread_notifications".into(), Value::Object(threads));
     }
@@ -711,7 +738,14 @@ fn left_room(
         .iter()
         .map(|(_, pdu)| {
             let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-            format::client_event_for(server, pdu, meta.as_deref(), Some(&params.user), Some(&params.device), false)
+            format::client_event_for(
+                server,
+                pdu,
+                meta.as_deref(),
+                Some(&params.user),
+                Some(&params.device),
+                false,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({

@@ -93,3 +93,24 @@ pub fn changes_since(
     }
     Ok(out)
 }
+
+/// The users in a user's `m.ignored_user_list`.
+pub fn ignored_users(
+    maps: &Maps,
+    user: &UserId,
+) -> Result<std::collections::BTreeSet<ruma::OwnedUserId>> {
+    Ok(get(maps, user, None, "m.ignored_user_list")?
+        .and_then(|content| {
+            content
+                .get("ignored_users")
+                .and_then(Value::as_object)
+                .cloned()
+        })
+        .map(|users| {
+            users
+                .keys()
+                .filter_map(|u| ruma::OwnedUserId::try_from(u.as_str()).ok())
+                .collect()
+        })
+        .unwrap_or_default())
+}

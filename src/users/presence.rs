@@ -43,7 +43,12 @@ pub fn get(maps: &Maps, user: &UserId) -> Result<Option<Presence>> {
 }
 
 /// Sets presence (and optionally the status message) and wakes the user's room-mates.
-pub fn set(server: &Server, user: &UserId, presence: &str, status_msg: Option<Option<String>>) -> Result<()> {
+pub fn set(
+    server: &Server,
+    user: &UserId,
+    presence: &str,
+    status_msg: Option<Option<String>>,
+) -> Result<()> {
     let maps = &server.maps;
     let previous = get(maps, user)?;
     let status_msg = match status_msg {
@@ -52,12 +57,25 @@ pub fn set(server: &Server, user: &UserId, presence: &str, status_msg: Option<Op
     };
     let mut batch = server.db.batch();
     let pending = server.stream.next(maps, &mut batch);
-    let record = Presence { presence: presence.to_owned(), status_msg, last_active_ts: now_ms(), count: pending.count() };
+    let record = Presence {
+        presence: presence.to_owned(),
+        status_msg,
+        last_active_ts: now_ms(),
+        count: pending.count(),
+    };
     if let Some(previous) = &previous {
         batch.delete(&maps.count_presence, previous.count.to_be_bytes());
     }
-    batch.put(&maps.userid_presence, user.as_bytes(), serde_json::to_vec(&record)?);
-    batch.put(&maps.count_presence, record.count.to_be_bytes(), user.as_bytes());
+    batch.put(
+        &maps.userid_presence,
+        user.as_bytes(),
+        serde_json::to_vec(&record)?,
+    );
+    batch.put(
+        &maps.count_presence,
+        record.count.to_be_bytes(),
+        user.as_bytes(),
+    );
     server.db.commit(batch)?;
     pending.finish(room_mates(server, user)?);
     Ok(())
@@ -65,20 +83,30 @@ pub fn set(server: &Server, user: &UserId, presence: &str, status_msg: Option<Op
 
 /// A sync by the user: marks them online (or `unavailable` if they ask) and remembers when.
 pub fn touch(server: &Server, user: &UserId, requested: &str) -> Result<()> {
-    server.presence.last_sync.lock().insert(user.to_owned(), Instant::now());
+    server
+        .presence
+        .last_sync
+        .lock()
+        .insert(user.to_owned(), Instant::now());
     if requested == "offline" {
         return Ok(());
     }
     let current = get(&server.maps, user)?;
     let changed = current.as_ref().is_none_or(|p| p.presence != requested);
     // Activity alone is only recorded once a minute, without waking anyone.
-    let stale = current.as_ref().is_some_and(|p| now_ms().saturating_sub(p.last_active_ts) > 60_000);
+    let stale = current
+        .as_ref()
+        .is_some_and(|p| now_ms().saturating_sub(p.last_active_ts) > 60_000);
     if changed {
         set(server, user, requested, None)?;
     } else if stale {
         if let Some(mut record) = current {
             record.last_active_ts = now_ms();
-            server.maps.userid_presence.put(&server.db, user.as_bytes(), serde_json::to_vec(&record)?)?;
+            server.maps.userid_presence.put(
+                &server.db,
+                user.as_bytes(),
+                serde_json::to_vec(&record)?,
+            )?;
         }
     }
     Ok(())
@@ -88,15 +116,21 @@ pub fn touch(server: &Server, user: &UserId, requested: &str) -> Result<()> {
 pub fn reap(server: &Server) {
     let expired: Vec<OwnedUserId> = {
         let mut last_sync = server.presence.last_sync.lock();
-        let expired: Vec<OwnedUserId> =
-            last_sync.iter().filter(|(_, at)| at.elapsed() > OFFLINE_AFTER).map(|(u, _)| u.clone()).collect();
+        let expired: Vec<OwnedUserId> = last_sync
+            .iter()
+            .filter(|(_, at)| at.elapsed() > OFFLINE_AFTER)
+            .map(|(u, _)| u.clone())
+            .collect();
         for user in &expired {
             last_sync.remove(user);
         }
         expired
     };
     for user in expired {
-        let online = get(&server.maps, &user).ok().flatten().is_some_and(|p| p.presence != "offline");
+        let online = get(&server.maps, &user)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.presence != "offline");
         if online {
             if let Err(error) = set(server, &user, "offline", None) {
                 tracing::warn!(%user, %error, "could not mark user offline");
@@ -120,7 +154,11 @@ pub fn room_mates(server: &Server, user: &UserId) -> Result<Vec<OwnedUserId>> {
 /// The `m.presence` content as clients see it now.
 pub fn content(server: &Server, user: &UserId, record: &Presence) -> Value {
     let ago = now_ms().saturating_sub(record.last_active_ts);
-    let presence = if record.presence == "online" && ago > IDLE_AFTER_MS { "unavailable" } else { record.presence.as_str() };
+    let presence = if record.presence == "online" && ago > IDLE_AFTER_MS {
+        "unavailable"
+    } else {
+        record.presence.as_str()
+    };
     let profile = server.users.profile(&server.maps, user).unwrap_or_default();
     let mut content = json!({
         "presence": presence,
@@ -144,11 +182,18 @@ pub fn changed(maps: &Maps, since: u64, to: u64) -> Vec<(OwnedUserId, Presence)>
     let mut out = Vec::new();
     let from = since.saturating_add(1).to_be_bytes().to_vec();
     for (key, value) in maps.count_presence.scan_from(Vec::new(), from, true) {
-        let Some(count) = crate::storage::keys::u64_from(&key) else { continue };
+        let Some(count) = crate::storage::keys::u64_from(&key) else {
+            continue;
+        };
         if count > to {
             break;
         }
-        let Some(user) = std::str::from_utf8(&value).ok().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
+        let Some(user) = std::str::from_utf8(&value)
+            .ok()
+            .and_then(|s| OwnedUserId::try_from(s).ok())
+        else {
+            continue;
+        };
         if let Ok(Some(record)) = get(maps, &user) {
             out.push((user, record));
         }

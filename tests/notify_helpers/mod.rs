@@ -277,12 +277,21 @@ pub fn room_account_data_of(sync: &Value, room: &str) -> Vec<Value> {
 
 /// The content of the first event of `kind` in a list of events.
 pub fn content_of<'a>(events: &'a [Value], kind: &str) -> Option<&'a Value> {
-    events.iter().find(|e| e["type"] == kind).map(|e| &e["content"])
+    events
+        .iter()
+        .find(|e| e["type"] == kind)
+        .map(|e| &e["content"])
 }
 
 /// (notification_count, highlight_count) of a joined room in an initial sync.
 pub async fn counts(s: &TestServer, u: &User, room: &str) -> (u64, u64) {
-    let sync = sync(s, u, &json!({ "room": { "timeline": { "limit": 1 } } }), None).await;
+    let sync = sync(
+        s,
+        u,
+        &json!({ "room": { "timeline": { "limit": 1 } } }),
+        None,
+    )
+    .await;
     counts_in(&sync, room)
 }
 
@@ -301,7 +310,8 @@ pub fn counts_in(sync: &Value, room: &str) -> (u64, u64) {
 
 /// Per-thread counts with `unread_thread_notifications` enabled: (main counts, sync body).
 pub async fn thread_counts(s: &TestServer, u: &User, room: &str) -> ((u64, u64), Value) {
-    let filter = json!({ "room": { "timeline": { "limit": 1, "unread_thread_notifications": true } } });
+    let filter =
+        json!({ "room": { "timeline": { "limit": 1, "unread_thread_notifications": true } } });
     let sync = sync(s, u, &filter, None).await;
     let main = counts_in(&sync, room);
     let threads = joined(&sync, room)["unread_thread_notifications"].clone();
@@ -324,7 +334,10 @@ pub fn thread_entry(threads: &Value, root: &str) -> (u64, u64) {
 /// A public room created by `owner` that every user in `others` joins.
 pub async fn public_room(s: &TestServer, owner: &User, others: &[&User]) -> String {
     let room = s
-        .create_room(owner, json!({ "preset": "public_chat", "name": "Test room" }))
+        .create_room(
+            owner,
+            json!({ "preset": "public_chat", "name": "Test room" }),
+        )
         .await;
     for user in others {
         ok(&s.join(user, &room).await, "join");

@@ -2,7 +2,8 @@
 //!
 //! Subcommands:
 //! * `run`         — register users and run the client-API measurements against one
-//!                   homeserver (send throughput, /sync wake latency, initial /sync).
+//!                   homeserver (send throughput, /sync wake latency, initial /sync,
+//!                   media upload/download throughput and thumbnail generation).
 //! * `wait-health` — poll `GET /health` until it answers 200; prints the elapsed ms
 //!                   (used by `benches/run.sh` for cold-start timing).
 //! * `report`      — merge per-server JSON files into one side-by-side table (+ JSON).
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, String>;
+
+mod search;
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Matrix homeserver load generator (Sparks benchmark)")]
@@ -74,9 +77,36 @@ struct RunArgs {
     /// Concurrency for setup work (registration, room creation, seeding).
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
-    /// Which tests to run (comma-separated): send, wake, initial.
-    #[arg(long, default_value = "send,wake,initial", value_delimiter = ',')]
+    /// Which tests to run (comma-separated): send, wake, initial, media.
+    #[arg(long, default_value = "send,wake,initial,media,search", value_delimiter = ',')]
     tests: Vec<String>,
+    /// Media test: size of each uploaded/downloaded file, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    media_file_kib: usize,
+    /// Media test: concurrent uploads/downloads.
+    #[arg(long, default_value_t = 4)]
+    media_concurrency: usize,
+    /// Media test: files uploaded (each distinct, so no server can share work between them).
+    #[arg(long, default_value_t = 64)]
+    media_uploads: usize,
+    /// Media test: downloads (round-robin over the uploaded files).
+    #[arg(long, default_value_t = 128)]
+    media_downloads: usize,
+    /// Media test: thumbnail samples (each a fresh ~1 MP JPEG, so the request generates).
+    #[arg(long, default_value_t = 20)]
+    thumb_samples: usize,
+    /// Search test: messages seeded before the timed queries.
+    #[arg(long, default_value_t = 100_000)]
+    search_messages: usize,
+    /// Search test: rooms the messages are spread over.
+    #[arg(long, default_value_t = 10)]
+    search_rooms: usize,
+    /// Search test: concurrent senders while seeding.
+    #[arg(long, default_value_t = 32)]
+    search_concurrency: usize,
+    /// Search test: timed requests per query.
+    #[arg(long, default_value_t = 20)]
+    search_samples: usize,
     /// Username prefix (default: derived from the current time, so reruns against
     /// the same database do not collide).
     #[arg(long)]
@@ -444,7 +474,36 @@ struct RunResult {
     send: Vec<SendResult>,
     wake: Option<WakeResult>,
     initial_sync: Option<InitialSyncResult>,
+    #[serde(default)]
+    media: Option<MediaResult>,
+    #[serde(default)]
+    search: Option<search::SearchResult>,
     total_seconds: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct MediaResult {
+    file_bytes: usize,
+    concurrency: usize,
+    uploads: usize,
+    upload_seconds: f64,
+    upload_mb_per_sec: f64,
+    upload_p50_ms: f64,
+    upload_p99_ms: f64,
+    downloads: usize,
+    download_seconds: f64,
+    download_mb_per_sec: f64,
+    download_p50_ms: f64,
+    download_p99_ms: f64,
+    thumb_samples: usize,
+    thumb_source: String,
+    thumb_source_bytes_avg: usize,
+    thumb_request: String,
+    /// First request for a size: the server decodes, resizes and encodes.
+    thumb_first_p50_ms: f64,
+    thumb_first_p99_ms: f64,
+    /// The same request again (served from the server's thumbnail cache).
+    thumb_cached_p50_ms: f64,
 }
 
 // ---------------------------------------------------------------------------
@@ -453,8 +512,8 @@ struct RunResult {
 
 async fn run(a: RunArgs) -> Result<()> {
     for t in &a.tests {
-        if !matches!(t.as_str(), "send" | "wake" | "initial") {
-            return Err(format!("unknown test `{t}` (expected send, wake, initial)"));
+        if !matches!(t.as_str(), "send" | "wake" | "initial" | "media" | "search") {
+            return Err(format!("unknown test `{t}` (expected send, wake, initial, media, search)"));
         }
     }
     let want = |t: &str| a.tests.iter().any(|x| x == t);
@@ -462,7 +521,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let hs = Arc::new(Hs::new(
         &a.url,
         Duration::from_secs(a.request_timeout),
-        max_conc.max(a.setup_concurrency) + 8,
+        max_conc.max(a.setup_concurrency).max(a.media_concurrency).max(a.search_concurrency) + 8,
     )?);
     let prefix = a.prefix.clone().unwrap_or_else(|| {
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
@@ -485,6 +544,12 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if want("initial") {
         res.initial_sync = Some(initial_sync_test(&hs, &a, &prefix).await?);
+    }
+    if want("media") {
+        res.media = Some(media_test(&hs, &a, &prefix).await?);
+    }
+    if want("search") {
+        res.search = Some(search::search_test(&hs, &a, &prefix).await?);
     }
     res.total_seconds = round3(started.elapsed().as_secs_f64());
 
@@ -768,6 +833,249 @@ async fn initial_sync_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<In
     })
 }
 
+// ---------------------------------------------------------------------------
+// media
+// ---------------------------------------------------------------------------
+
+impl Hs {
+    /// POST /_matrix/media/v3/upload; returns the mxc URI.
+    async fn upload(&self, u: &User, body: Vec<u8>, content_type: &str) -> Result<String> {
+        let path = "/_matrix/media/v3/upload";
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&u.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: request failed: {}", chain(&e)))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| format!("POST {path}: {}", chain(&e)))?;
+        let v = check_json(&Method::POST, path, status, &bytes)?;
+        str_field(&v, "content_uri", path)
+    }
+
+    /// GET a binary body that must answer 200; returns (bytes, content type).
+    async fn get_bytes(&self, u: &User, path: &str) -> Result<(Vec<u8>, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&u.token)
+            .send()
+            .await
+            .map_err(|e| format!("GET {path}: request failed: {}", chain(&e)))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| format!("GET {path}: {}", chain(&e)))?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "GET {path} -> HTTP {status}: {}",
+                truncate(&String::from_utf8_lossy(&bytes), 4000)
+            ));
+        }
+        Ok((bytes.to_vec(), content_type))
+    }
+}
+
+fn mxc_path(uri: &str) -> Result<String> {
+    uri.strip_prefix("mxc://")
+        .map(str::to_string)
+        .ok_or_else(|| format!("not an mxc URI: {uri}"))
+}
+
+/// A photo-like ~1 MP JPEG (smooth gradients plus grain), distinct for every `seed`.
+fn test_jpeg(width: u32, height: u32, seed: u32) -> Result<Vec<u8>> {
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let grain = (state % 24) as i32 - 12;
+        let px = |base: i32| (base + grain).clamp(0, 255) as u8;
+        let fx = (x * 255 / width) as i32;
+        let fy = (y * 255 / height) as i32;
+        let wave = (((x + seed) / 40 + y / 40) % 2) as i32 * 40;
+        image::Rgb([px(fx), px(fy + wave), px((fx + fy) / 2 + (seed % 50) as i32)])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&image)
+        .map_err(|e| format!("encoding test JPEG: {e}"))?;
+    Ok(out)
+}
+
+/// Runs `count` jobs, `conc` at a time; returns (wall seconds, sorted latencies in µs).
+async fn run_concurrent<F, Fut>(count: usize, conc: usize, job: F) -> Result<(f64, Vec<u64>)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conc.max(1) {
+        let (job, next, failed) = (job.clone(), next.clone(), failed.clone());
+        set.spawn(async move {
+            let mut lats = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= count || failed.load(Ordering::Relaxed) {
+                    return Ok::<_, String>(lats);
+                }
+                let t = Instant::now();
+                if let Err(e) = job(i).await {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                lats.push(t.elapsed().as_micros() as u64);
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    let mut first_err = None;
+    while let Some(j) = set.join_next().await {
+        match j.map_err(|e| format!("task panicked: {e}"))? {
+            Ok(l) => all.extend(l),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok((secs, all))
+}
+
+async fn media_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<MediaResult> {
+    let size = a.media_file_kib.max(1) * 1024;
+    let conc = a.media_concurrency.max(1);
+    let uploads = a.media_uploads.max(1);
+    eprintln!(
+        "[{}] media: {uploads} uploads of {} KiB, {conc} at a time",
+        a.name, a.media_file_kib
+    );
+    let user = Arc::new(register_many(hs, prefix, "media", 1, 1).await?.remove(0));
+
+    // Upload throughput: distinct files (the first 8 bytes carry the index).
+    let mut base = vec![0u8; size];
+    let mut x: u32 = 0x9E37_79B9;
+    for b in &mut base {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let base = Arc::new(base);
+    let uris = Arc::new(std::sync::Mutex::new(vec![String::new(); uploads]));
+    let (up_secs, up_lats) = {
+        let (hs, user, base, uris) = (hs.clone(), user.clone(), base.clone(), uris.clone());
+        run_concurrent(uploads, conc, move |i| {
+            let (hs, user, base, uris) = (hs.clone(), user.clone(), base.clone(), uris.clone());
+            async move {
+                let mut body = base.as_ref().clone();
+                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let uri = hs.upload(&user, body, "application/octet-stream").await?;
+                uris.lock().map_err(|_| "lock poisoned".to_string())?[i] = mxc_path(&uri)?;
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| format!("media upload: {e}"))?
+    };
+    let up_mb = (uploads * size) as f64 / 1e6 / up_secs;
+    eprintln!("[{}] media: uploads {up_mb:.1} MB/s ({uploads} in {up_secs:.2}s)", a.name);
+
+    // Download throughput over the same files.
+    let downloads = a.media_downloads.max(1);
+    let paths: Arc<Vec<String>> =
+        Arc::new(uris.lock().map_err(|_| "lock poisoned".to_string())?.clone());
+    let (down_secs, down_lats) = {
+        let (hs, user, paths) = (hs.clone(), user.clone(), paths.clone());
+        run_concurrent(downloads, conc, move |i| {
+            let (hs, user, paths) = (hs.clone(), user.clone(), paths.clone());
+            async move {
+                let idx = i % paths.len();
+                let path = format!("/_matrix/client/v1/media/download/{}", paths[idx]);
+                let (bytes, _) = hs.get_bytes(&user, &path).await?;
+                if bytes.len() != size || bytes[..8] != (idx as u64).to_be_bytes() {
+                    return Err(format!("GET {path}: got {} bytes, not the uploaded file", bytes.len()));
+                }
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| format!("media download: {e}"))?
+    };
+    let down_mb = (downloads * size) as f64 / 1e6 / down_secs;
+    eprintln!("[{}] media: downloads {down_mb:.1} MB/s ({downloads} in {down_secs:.2}s)", a.name);
+
+    // Thumbnail generation: a fresh image per sample, so the first request generates.
+    let samples = a.thumb_samples.max(1);
+    let (tw, th) = (1280u32, 800u32);
+    let request = "width=400&height=300&method=scale";
+    eprintln!("[{}] media: {samples} thumbnails of {tw}x{th} JPEGs ({request})", a.name);
+    let mut thumb_paths = Vec::with_capacity(samples);
+    let mut source_bytes = 0;
+    for i in 0..samples {
+        let jpeg = test_jpeg(tw, th, i as u32 + 1)?;
+        source_bytes += jpeg.len();
+        let uri = hs.upload(&user, jpeg, "image/jpeg").await?;
+        thumb_paths.push(mxc_path(&uri)?);
+    }
+    let mut first = Vec::with_capacity(samples);
+    let mut cached = Vec::with_capacity(samples);
+    for path in &thumb_paths {
+        let path = format!("/_matrix/client/v1/media/thumbnail/{path}?{request}");
+        for lats in [&mut first, &mut cached] {
+            let t = Instant::now();
+            let (bytes, content_type) = hs.get_bytes(&user, &path).await?;
+            lats.push(t.elapsed().as_micros() as u64);
+            if !content_type.starts_with("image/") || bytes.is_empty() {
+                return Err(format!("GET {path}: not an image ({content_type}, {} bytes)", bytes.len()));
+            }
+        }
+    }
+    first.sort_unstable();
+    cached.sort_unstable();
+    let r = MediaResult {
+        file_bytes: size,
+        concurrency: conc,
+        uploads,
+        upload_seconds: round3(up_secs),
+        upload_mb_per_sec: round3(up_mb),
+        upload_p50_ms: round3(pct_ms(&up_lats, 50.0)),
+        upload_p99_ms: round3(pct_ms(&up_lats, 99.0)),
+        downloads,
+        download_seconds: round3(down_secs),
+        download_mb_per_sec: round3(down_mb),
+        download_p50_ms: round3(pct_ms(&down_lats, 50.0)),
+        download_p99_ms: round3(pct_ms(&down_lats, 99.0)),
+        thumb_samples: samples,
+        thumb_source: format!("{tw}x{th} JPEG"),
+        thumb_source_bytes_avg: source_bytes / samples,
+        thumb_request: request.to_string(),
+        thumb_first_p50_ms: round3(pct_ms(&first, 50.0)),
+        thumb_first_p99_ms: round3(pct_ms(&first, 99.0)),
+        thumb_cached_p50_ms: round3(pct_ms(&cached, 50.0)),
+    };
+    eprintln!(
+        "[{}] media: thumbnail first request p50 {:.2} ms, p99 {:.2} ms; cached p50 {:.2} ms",
+        a.name, r.thumb_first_p50_ms, r.thumb_first_p99_ms, r.thumb_cached_p50_ms
+    );
+    Ok(r)
+}
+
 fn print_run(r: &RunResult) {
     println!("== {} ({}) ==", r.name, r.url);
     for s in &r.send {
@@ -786,6 +1094,26 @@ fn print_run(r: &RunResult) {
         println!(
             "initial sync {:>4} rooms median {:.3} ms (min {:.3}, max {:.3}; {} runs, {} bytes)",
             i.rooms, i.median_ms, i.min_ms, i.max_ms, i.runs, i.response_bytes
+        );
+    }
+    if let Some(m) = &r.media {
+        println!(
+            "media upload      {:>8.1} MB/s  ({} x {} KiB, {} concurrent; p50 {:.2} ms)",
+            m.upload_mb_per_sec, m.uploads, m.file_bytes / 1024, m.concurrency, m.upload_p50_ms
+        );
+        println!(
+            "media download    {:>8.1} MB/s  ({} x {} KiB, {} concurrent; p50 {:.2} ms)",
+            m.download_mb_per_sec, m.downloads, m.file_bytes / 1024, m.concurrency, m.download_p50_ms
+        );
+        println!(
+            "thumbnail ({}, {}) first p50 {:.2} ms, p99 {:.2} ms; cached p50 {:.2} ms",
+            m.thumb_source, m.thumb_request, m.thumb_first_p50_ms, m.thumb_first_p99_ms, m.thumb_cached_p50_ms
+        );
+    }
+    if let Some(s) = &r.search {
+        println!(
+            "search ({} messages)  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms  ({} queries x {}; seeded at {:.0} events/s)",
+            s.messages, s.p50_ms, s.p99_ms, s.max_ms, s.queries.len(), s.samples_per_query, s.seed_events_per_sec
         );
     }
 }
@@ -914,6 +1242,10 @@ fn report(a: ReportArgs) -> Result<()> {
     conc.sort_unstable();
     conc.dedup();
     let rooms = loads.values().find_map(|l| l.initial_sync.as_ref().map(|i| i.rooms));
+    let search_n = loads
+        .values()
+        .find_map(|l| l.search.as_ref().map(|s| s.messages))
+        .map_or("?".to_string(), |n| n.to_string());
 
     let mut rows: Vec<(Row, BTreeMap<String, f64>)> = Vec::new();
     let mut push = |row: Row, f: &dyn Fn(&str) -> Option<f64>| {
@@ -950,6 +1282,71 @@ fn report(a: ReportArgs) -> Result<()> {
             decimals: 3,
         },
         &|n| loads.get(n)?.initial_sync.as_ref().map(|i| i.median_ms),
+    );
+    let media_shape = loads.values().find_map(|l| {
+        l.media.as_ref().map(|m| (m.file_bytes / 1024, m.concurrency, m.thumb_source.clone()))
+    });
+    let (kib, mconc, thumb_src) = media_shape.unwrap_or((0, 0, String::new()));
+    let size_label = if kib % 1024 == 0 { format!("{} MiB", kib / 1024) } else { format!("{kib} KiB") };
+    push(
+        Row {
+            key: "media_upload",
+            label: format!("media upload, {size_label} files, {mconc} concurrent"),
+            unit: "MB/s",
+            better: Better::Higher,
+            decimals: 1,
+        },
+        &|n| loads.get(n)?.media.as_ref().map(|m| m.upload_mb_per_sec),
+    );
+    push(
+        Row {
+            key: "media_download",
+            label: format!("media download, {size_label} files, {mconc} concurrent"),
+            unit: "MB/s",
+            better: Better::Higher,
+            decimals: 1,
+        },
+        &|n| loads.get(n)?.media.as_ref().map(|m| m.download_mb_per_sec),
+    );
+    push(
+        Row {
+            key: "thumb_p50",
+            label: format!("thumbnail generation, {thumb_src}, p50"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.media.as_ref().map(|m| m.thumb_first_p50_ms),
+    );
+    push(
+        Row {
+            key: "thumb_p99",
+            label: format!("thumbnail generation, {thumb_src}, p99"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.media.as_ref().map(|m| m.thumb_first_p99_ms),
+    );
+    push(
+        Row {
+            key: "search_p50",
+            label: format!("search latency p50, {search_n} messages"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.search.as_ref().map(|s| s.p50_ms),
+    );
+    push(
+        Row {
+            key: "search_p99",
+            label: format!("search latency p99, {search_n} messages"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.search.as_ref().map(|s| s.p99_ms),
     );
     push(
         Row { key: "rss_idle", label: "RSS idle".into(), unit: "MiB", better: Better::Lower, decimals: 1 },

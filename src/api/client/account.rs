@@ -259,3 +259,21 @@ pub async fn openid_token(
         lifetime,
     ))
 }
+
+/// Third-party identifiers (email, phone) are not supported: every account has none.
+pub async fn threepids(
+    _server: Arc<Server>,
+    _request: Ruma<ruma::api::client::account::get_3pids::v3::Request>,
+) -> Result<ruma::api::client::account::get_3pids::v3::Response> {
+    Ok(ruma::api::client::account::get_3pids::v3::Response::new(
+        Vec::new(),
+    ))
+}
+
+/// No application services bridge third-party networks here: no protocols.
+pub async fn thirdparty_protocols(
+    _server: Arc<Server>,
+    _request: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
+) -> Result<ruma::api::client::thirdparty::get_protocols::v3::Response> {
+    Ok(ruma::api::client::thirdparty::get_protocols::v3::Response::new(Default::default()))
+}

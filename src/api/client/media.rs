@@ -227,8 +227,10 @@ async fn serve(
     inline: bool,
 ) -> Result<Response> {
     let file = server.media.store().open(stored).await?;
-    let body = Body::from_stream(futures::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 64 * 1024];
+    // Reads of up to 256 KiB: each is a trip to tokio's blocking pool.
+    let chunk = usize::try_from(stored.size.clamp(1, 256 * 1024)).unwrap_or(256 * 1024);
+    let body = Body::from_stream(futures::stream::unfold(file, move |mut file| async move {
+        let mut buf = vec![0u8; chunk];
         match file.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {

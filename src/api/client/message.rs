@@ -59,7 +59,12 @@ pub async fn send(
     if let Some(event_id) = timeline::txn_event(&server, &user, &txn.device_id, &txn.txn_id)? {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
-    crate::rooms::relations::check_new(&server, &user, &event.content)?;
+    crate::rooms::relations::check_new(
+        &server,
+        &user,
+        event.kind.to_string().as_str(),
+        &event.content,
+    )?;
     let pdu = timeline::send_locked(&server, &body.room_id, &user, event, Some(txn))?;
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }

@@ -5,9 +5,17 @@ use std::sync::Arc;
 use ruma::api::client::presence::{get_presence, set_presence};
 use serde_json::Value;
 
-use crate::{api::ruma::Ruma, error::{Error, Result}, server::Server, users::presence};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    server::Server,
+    users::presence,
+};
 
-pub async fn set(server: Arc<Server>, request: Ruma<set_presence::v3::Request>) -> Result<set_presence::v3::Response> {
+pub async fn set(
+    server: Arc<Server>,
+    request: Ruma<set_presence::v3::Request>,
+) -> Result<set_presence::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     if body.user_id != user {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use ruma::{
     api::client::push::{
-        delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
-        get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
-        set_pushrule_enabled,
+        delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
+        get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher,
+        set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
     push::{AnyPushRule, InsertPushRuleError, RemovePushRuleError, RuleKind, Ruleset},
 };
@@ -39,76 +39,126 @@ fn not_found() -> Error {
     Error::not_found("Push rule not found")
 }
 
-pub async fn all(server: Arc<Server>, request: Ruma<get_pushrules_all::v3::Request>) -> Result<Value> {
+pub async fn all(
+    server: Arc<Server>,
+    request: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<Value> {
     Ok(json!({ "global": ruleset(&server, request.user()?)? }))
 }
 
-pub async fn global(server: Arc<Server>, request: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<Value> {
+pub async fn global(
+    server: Arc<Server>,
+    request: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> Result<Value> {
     Ok(serde_json::to_value(ruleset(&server, request.user()?)?)?)
 }
 
 pub async fn get(server: Arc<Server>, request: Ruma<get_pushrule::v3::Request>) -> Result<Value> {
     let rules = ruleset(&server, request.user()?)?;
-    let rule = rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(not_found)?;
+    let rule = rules
+        .get(request.body.kind.clone(), &request.body.rule_id)
+        .ok_or_else(not_found)?;
     rule_json(rule.to_owned())
 }
 
-pub async fn set(server: Arc<Server>, request: Ruma<set_pushrule::v3::Request>) -> Result<set_pushrule::v3::Response> {
+pub async fn set(
+    server: Arc<Server>,
+    request: Ruma<set_pushrule::v3::Request>,
+) -> Result<set_pushrule::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     let mut rules = ruleset(&server, &user)?;
     rules
-        .insert(body.rule.clone(), body.after.as_deref(), body.before.as_deref())
+        .insert(
+            body.rule.clone(),
+            body.after.as_deref(),
+            body.before.as_deref(),
+        )
         .map_err(|error| match error {
-            InsertPushRuleError::UnknownRuleId => Error::not_found("The rule named by before/after does not exist"),
+            InsertPushRuleError::UnknownRuleId => {
+                Error::not_found("The rule named by before/after does not exist")
+            }
             other => Error::bad_json(format!("Invalid push rule: {other}")),
         })?;
     server.push.save(&server, &user, rules)?;
     Ok(set_pushrule::v3::Response::new())
 }
 
-pub async fn delete(server: Arc<Server>, request: Ruma<delete_pushrule::v3::Request>) -> Result<delete_pushrule::v3::Response> {
+pub async fn delete(
+    server: Arc<Server>,
+    request: Ruma<delete_pushrule::v3::Request>,
+) -> Result<delete_pushrule::v3::Response> {
     let user = request.owned_user()?;
     let mut rules = ruleset(&server, &user)?;
-    rules.remove(request.body.kind.clone(), &request.body.rule_id).map_err(|error| match error {
-        RemovePushRuleError::NotFound => not_found(),
-        other => Error::bad_json(format!("Cannot delete this rule: {other}")),
-    })?;
+    rules
+        .remove(request.body.kind.clone(), &request.body.rule_id)
+        .map_err(|error| match error {
+            RemovePushRuleError::NotFound => not_found(),
+            RemovePushRuleError::ServerDefault => {
+                Error::invalid_param("Server-default rules cannot be deleted; disable them instead")
+            }
+            other => Error::invalid_param(format!("Cannot delete this rule: {other}")),
+        })?;
     server.push.save(&server, &user, rules)?;
     Ok(delete_pushrule::v3::Response::new())
 }
 
-pub async fn get_enabled(server: Arc<Server>, request: Ruma<get_pushrule_enabled::v3::Request>) -> Result<get_pushrule_enabled::v3::Response> {
+pub async fn get_enabled(
+    server: Arc<Server>,
+    request: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<get_pushrule_enabled::v3::Response> {
     let rules = ruleset(&server, request.user()?)?;
-    let rule = rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(not_found)?;
+    let rule = rules
+        .get(request.body.kind.clone(), &request.body.rule_id)
+        .ok_or_else(not_found)?;
     Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
 }
 
-pub async fn set_enabled(server: Arc<Server>, request: Ruma<set_pushrule_enabled::v3::Request>) -> Result<set_pushrule_enabled::v3::Response> {
+pub async fn set_enabled(
+    server: Arc<Server>,
+    request: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<set_pushrule_enabled::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     let mut rules = ruleset(&server, &user)?;
-    rules.set_enabled(body.kind.clone(), &body.rule_id, body.enabled).map_err(|_| not_found())?;
+    rules
+        .set_enabled(body.kind.clone(), &body.rule_id, body.enabled)
+        .map_err(|_| not_found())?;
     server.push.save(&server, &user, rules)?;
     Ok(set_pushrule_enabled::v3::Response::new())
 }
 
-pub async fn get_actions(server: Arc<Server>, request: Ruma<get_pushrule_actions::v3::Request>) -> Result<get_pushrule_actions::v3::Response> {
+pub async fn get_actions(
+    server: Arc<Server>,
+    request: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<get_pushrule_actions::v3::Response> {
     let rules = ruleset(&server, request.user()?)?;
-    let rule = rules.get(request.body.kind.clone(), &request.body.rule_id).ok_or_else(not_found)?;
-    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+    let rule = rules
+        .get(request.body.kind.clone(), &request.body.rule_id)
+        .ok_or_else(not_found)?;
+    Ok(get_pushrule_actions::v3::Response::new(
+        rule.actions().to_vec(),
+    ))
 }
 
-pub async fn set_actions(server: Arc<Server>, request: Ruma<set_pushrule_actions::v3::Request>) -> Result<set_pushrule_actions::v3::Response> {
+pub async fn set_actions(
+    server: Arc<Server>,
+    request: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<set_pushrule_actions::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     let mut rules = ruleset(&server, &user)?;
-    rules.set_actions(body.kind.clone(), &body.rule_id, body.actions.clone()).map_err(|_| not_found())?;
+    rules
+        .set_actions(body.kind.clone(), &body.rule_id, body.actions.clone())
+        .map_err(|_| not_found())?;
     server.push.save(&server, &user, rules)?;
     Ok(set_pushrule_actions::v3::Response::new())
 }
 
-pub async fn pushers_list(server: Arc<Server>, request: Ruma<get_pushers::v3::Request>) -> Result<Value> {
+pub async fn pushers_list(
+    server: Arc<Server>,
+    request: Ruma<get_pushers::v3::Request>,
+) -> Result<Value> {
     let pushers = pushers::list(&server.maps, request.user()?)?;
     let pushers: Vec<Value> = pushers
         .into_iter()
@@ -124,9 +174,13 @@ pub async fn pushers_list(server: Arc<Server>, request: Ruma<get_pushers::v3::Re
 }
 
 /// `/pushers/set`, read from the JSON body: `kind: null` deletes.
-pub async fn pushers_set(server: Arc<Server>, request: Ruma<set_pusher::v3::Request>) -> Result<Value> {
+pub async fn pushers_set(
+    server: Arc<Server>,
+    request: Ruma<set_pusher::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
-    let body: Value = serde_json::from_slice(&request.json).map_err(|_| Error::not_json("Invalid JSON"))?;
+    let body: Value =
+        serde_json::from_slice(&request.json).map_err(|_| Error::not_json("Invalid JSON"))?;
     let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
     let app_id = field("app_id").ok_or_else(|| Error::missing_param("app_id is required"))?;
     let pushkey = field("pushkey").ok_or_else(|| Error::missing_param("pushkey is required"))?;
@@ -148,11 +202,17 @@ pub async fn pushers_set(server: Arc<Server>, request: Ruma<set_pusher::v3::Requ
         kind: "http".into(),
         app_id,
         pushkey,
-        app_display_name: field("app_display_name").ok_or_else(|| Error::missing_param("app_display_name is required"))?,
-        device_display_name: field("device_display_name").ok_or_else(|| Error::missing_param("device_display_name is required"))?,
+        app_display_name: field("app_display_name")
+            .ok_or_else(|| Error::missing_param("app_display_name is required"))?,
+        device_display_name: field("device_display_name")
+            .ok_or_else(|| Error::missing_param("device_display_name is required"))?,
         profile_tag: field("profile_tag"),
         lang: field("lang").ok_or_else(|| Error::missing_param("lang is required"))?,
-        data: body.get("data").cloned().filter(Value::is_object).ok_or_else(|| Error::missing_param("data is required"))?,
+        data: body
+            .get("data")
+            .cloned()
+            .filter(Value::is_object)
+            .ok_or_else(|| Error::missing_param("data is required"))?,
         pushkey_ts: 0,
     };
     let append = body.get("append").and_then(Value::as_bool).unwrap_or(false);
@@ -160,12 +220,22 @@ pub async fn pushers_set(server: Arc<Server>, request: Ruma<set_pusher::v3::Requ
     Ok(json!({}))
 }
 
-pub async fn notifications(server: Arc<Server>, request: Ruma<get_notifications::v3::Request>) -> Result<Value> {
+pub async fn notifications(
+    server: Arc<Server>,
+    request: Ruma<get_notifications::v3::Request>,
+) -> Result<Value> {
     let user = request.owned_user()?;
     let body = &request.body;
     let maps = &server.maps;
-    let limit = body.limit.map_or(20, |l| u64::from(l).clamp(1, 100) as usize);
-    let before = body.from.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
+    let limit = body
+        .limit
+        .map_or(20, |l| u64::from(l).clamp(1, 100) as usize);
+    let before = body
+        .from
+        .as_deref()
+        .map(parse_token)
+        .transpose()?
+        .unwrap_or(u64::MAX);
     let only_highlight = body.only.as_deref() == Some("highlight");
     let mut out = Vec::new();
     let mut cursor = before;
@@ -184,9 +254,11 @@ pub async fn notifications(server: Arc<Server>, request: Ruma<get_notifications:
                 next = Some(count + 1);
                 break 'pages;
             }
-            let Some(pdu) = server.rooms.pdu(maps, &notification.event_id)? else { continue };
+            let Some(pdu) = server.rooms.pdu(maps, &notification.event_id)? else {
+                continue;
+            };
             let meta = server.rooms.event_meta(maps, &pdu.event_id)?;
-            let read_up_to = receipts::read_up_to(maps, &notification.room_id, &user);
+            let read_up_to = receipts::read_by_receipts(maps, &notification.room_id, &user);
             let read = count <= read_up_to.for_thread(notification.thread.as_deref());
             out.push(json!({
                 "actions": notification.actions,

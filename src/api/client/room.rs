@@ -134,7 +134,14 @@ pub async fn event(
     if !visibility::can_see(&server, &user, &pdu, &meta, current.as_ref())? {
         return Err(not_found());
     }
-    format::client_event_for(&server, &pdu, Some(&meta), Some(&user), request.device().ok(), true)
+    format::client_event_for(
+        &server,
+        &pdu,
+        Some(&meta),
+        Some(&user),
+        request.device().ok(),
+        true,
+    )
 }
 
 pub async fn list_aliases(

@@ -5,15 +5,27 @@ use std::sync::Arc;
 use ruma::api::client::tag::{create_tag, delete_tag, get_tags};
 use serde_json::{Value, json};
 
-use crate::{api::ruma::Ruma, error::{Error, Result}, server::Server, users::account_data};
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    server::Server,
+    users::account_data,
+};
 
-fn tags_of(server: &Server, user: &ruma::UserId, room: &ruma::RoomId) -> Result<serde_json::Map<String, Value>> {
+fn tags_of(
+    server: &Server,
+    user: &ruma::UserId,
+    room: &ruma::RoomId,
+) -> Result<serde_json::Map<String, Value>> {
     Ok(account_data::get(&server.maps, user, Some(room), "m.tag")?
         .and_then(|content| content.get("tags").and_then(Value::as_object).cloned())
         .unwrap_or_default())
 }
 
-pub async fn create(server: Arc<Server>, request: Ruma<create_tag::v3::Request>) -> Result<create_tag::v3::Response> {
+pub async fn create(
+    server: Arc<Server>,
+    request: Ruma<create_tag::v3::Request>,
+) -> Result<create_tag::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     if body.user_id != user {
@@ -24,11 +36,20 @@ pub async fn create(server: Arc<Server>, request: Ruma<create_tag::v3::Request>)
     }
     let mut tags = tags_of(&server, &user, &body.room_id)?;
     tags.insert(body.tag.clone(), serde_json::to_value(&body.tag_info)?);
-    account_data::set(&server, &user, Some(&body.room_id), "m.tag", json!({ "tags": tags }))?;
+    account_data::set(
+        &server,
+        &user,
+        Some(&body.room_id),
+        "m.tag",
+        json!({ "tags": tags }),
+    )?;
     Ok(create_tag::v3::Response::new())
 }
 
-pub async fn delete(server: Arc<Server>, request: Ruma<delete_tag::v3::Request>) -> Result<delete_tag::v3::Response> {
+pub async fn delete(
+    server: Arc<Server>,
+    request: Ruma<delete_tag::v3::Request>,
+) -> Result<delete_tag::v3::Response> {
     let user = request.owned_user()?;
     let body = &request.body;
     if body.user_id != user {
@@ -36,7 +57,13 @@ pub async fn delete(server: Arc<Server>, request: Ruma<delete_tag::v3::Request>)
     }
     let mut tags = tags_of(&server, &user, &body.room_id)?;
     tags.remove(&body.tag);
-    account_data::set(&server, &user, Some(&body.room_id), "m.tag", json!({ "tags": tags }))?;
+    account_data::set(
+        &server,
+        &user,
+        Some(&body.room_id),
+        "m.tag",
+        json!({ "tags": tags }),
+    )?;
     Ok(delete_tag::v3::Response::new())
 }
 
