@@ -144,15 +144,13 @@ pub fn evaluate(
     let room = &pdu.room_id;
     let mut members = (*server.rooms.local_joined(server, room)?).clone();
     // An invited local user is not joined yet but is notified of their invite.
-    if pdu.membership().as_deref() == Some("invite") {
-        if let Some(target) = pdu
+    if pdu.membership().as_deref() == Some("invite")
+        && let Some(target) = pdu
             .state_user()
             .filter(|t| server.is_local(t.server_name()))
-        {
-            if !members.iter().any(|m| m == target) {
-                members.push(target.to_owned());
-            }
-        }
+        && !members.iter().any(|m| m == target)
+    {
+        members.push(target.to_owned());
     }
     if members.iter().all(|m| *m == pdu.sender) {
         return Ok(Vec::new());

@@ -90,10 +90,11 @@ pub fn set(server: &Server, user: &UserId, mut pusher: Pusher, append: bool) -> 
     let mut batch = server.db.batch();
     if !append {
         for (key, value) in maps.userpusher.scan_prefix(Vec::new()) {
-            if let Ok(other) = serde_json::from_slice::<Pusher>(&value) {
-                if other.app_id == pusher.app_id && other.pushkey == pusher.pushkey {
-                    batch.delete(&maps.userpusher, &key);
-                }
+            if let Ok(other) = serde_json::from_slice::<Pusher>(&value)
+                && other.app_id == pusher.app_id
+                && other.pushkey == pusher.pushkey
+            {
+                batch.delete(&maps.userpusher, &key);
             }
         }
     }

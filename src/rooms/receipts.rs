@@ -149,12 +149,10 @@ pub fn changed(maps: &Maps, room: &RoomId, since: u64, to: u64) -> Result<Vec<En
         if let Some(raw) = maps
             .roomreceipt
             .get(self::key(room, &user, &receipt_type, &thread))?
-        {
-            if let Some(entry) =
+            && let Some(entry) =
                 parse_entry(room, &self::key(room, &user, &receipt_type, &thread), &raw)
-            {
-                out.push(entry);
-            }
+        {
+            out.push(entry);
         }
     }
     Ok(out)

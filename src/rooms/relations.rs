@@ -78,14 +78,13 @@ pub fn check_new(server: &Server, sender: &UserId, kind: &str, content: &Value) 
             .and_then(Value::as_str)
             .and_then(|s| <&EventId>::try_from(s).ok());
         if let Some(target) = target.and_then(|t| server.rooms.pdu(&server.maps, t).ok().flatten())
+            && relates_to(&target).is_some()
         {
-            if relates_to(&target).is_some() {
-                return Err(Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    "Cannot start a thread from an event with a relation",
-                ));
-            }
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Cannot start a thread from an event with a relation",
+            ));
         }
     }
     if rel_type != Some(ANNOTATION) {
@@ -133,14 +132,14 @@ pub fn index(server: &Server, batch: &mut Batch, pdu: &Pdu, count: u64) -> Resul
         Key::new().s(target.as_str()).n(count).build(),
         serde_json::to_vec(&relation)?,
     );
-    if rel_type == ANNOTATION {
-        if let Some(key) = &key {
-            batch.put(
-                &maps.annotation_key,
-                annotation_key(&target, &pdu.sender, pdu.kind.to_string().as_str(), key),
-                pdu.event_id.as_bytes(),
-            );
-        }
+    if rel_type == ANNOTATION
+        && let Some(key) = &key
+    {
+        batch.put(
+            &maps.annotation_key,
+            annotation_key(&target, &pdu.sender, pdu.kind.to_string().as_str(), key),
+            pdu.event_id.as_bytes(),
+        );
     }
     if rel_type == THREAD {
         let room = pdu.room_id.as_str();
@@ -250,35 +249,30 @@ fn bundle_at(
     // m.thread: count, latest reply (with its own aggregations), whether the viewer took part.
     // Replies from users the viewer ignores do not count.
     let mut replies: Vec<&Relation> = relations.iter().filter(|r| r.rel_type == THREAD).collect();
-    if !replies.is_empty() {
-        if let Some(viewer) = viewer {
-            let ignored = crate::users::account_data::ignored_users(maps, viewer)?;
-            replies.retain(|r| !ignored.contains(&r.sender));
-        }
+    if !replies.is_empty()
+        && let Some(viewer) = viewer
+    {
+        let ignored = crate::users::account_data::ignored_users(maps, viewer)?;
+        replies.retain(|r| !ignored.contains(&r.sender));
     }
-    if let Some(latest) = replies.last() {
-        if let Some(latest_pdu) = server.rooms.pdu(maps, &latest.event_id)? {
-            let meta = server.rooms.event_meta(maps, &latest_pdu.event_id)?;
-            let mut latest_event = crate::sync::format::client_event(
-                server,
-                &latest_pdu,
-                meta.as_deref(),
-                device,
-                true,
-            )?;
-            if depth == 0 {
-                if let Some(inner) = bundle_at(server, &latest_pdu, viewer, device, depth + 1)? {
-                    latest_event["unsigned"]["m.relations"] = inner;
-                }
-            }
-            let participated = viewer.is_some_and(|viewer| {
-                pdu.sender == viewer || replies.iter().any(|r| r.sender == viewer)
-            });
-            bundled.insert(
+    if let Some(latest) = replies.last()
+        && let Some(latest_pdu) = server.rooms.pdu(maps, &latest.event_id)?
+    {
+        let meta = server.rooms.event_meta(maps, &latest_pdu.event_id)?;
+        let mut latest_event =
+            crate::sync::format::client_event(server, &latest_pdu, meta.as_deref(), device, true)?;
+        if depth == 0
+            && let Some(inner) = bundle_at(server, &latest_pdu, viewer, device, depth + 1)?
+        {
+            latest_event["unsigned"]["m.relations"] = inner;
+        }
+        let participated = viewer.is_some_and(|viewer| {
+            pdu.sender == viewer || replies.iter().any(|r| r.sender == viewer)
+        });
+        bundled.insert(
                 THREAD.into(),
                 json!({ "latest_event": latest_event, "count": replies.len(), "current_user_participated": participated }),
             );
-        }
     }
 
     let references: Vec<Value> = relations

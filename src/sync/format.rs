@@ -87,10 +87,10 @@ pub fn client_event_for(
     with_room_id: bool,
 ) -> Result<Value> {
     let mut event = client_event(server, pdu, meta, device, with_room_id)?;
-    if meta.is_none_or(|m| m.redacted_by.is_none()) {
-        if let Some(bundle) = crate::rooms::relations::bundle(server, pdu, viewer, device)? {
-            event["unsigned"]["m.relations"] = bundle;
-        }
+    if meta.is_none_or(|m| m.redacted_by.is_none())
+        && let Some(bundle) = crate::rooms::relations::bundle(server, pdu, viewer, device)?
+    {
+        event["unsigned"]["m.relations"] = bundle;
     }
     Ok(event)
 }

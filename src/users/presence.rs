@@ -99,15 +99,13 @@ pub fn touch(server: &Server, user: &UserId, requested: &str) -> Result<()> {
         .is_some_and(|p| now_ms().saturating_sub(p.last_active_ts) > 60_000);
     if changed {
         set(server, user, requested, None)?;
-    } else if stale {
-        if let Some(mut record) = current {
-            record.last_active_ts = now_ms();
-            server.maps.userid_presence.put(
-                &server.db,
-                user.as_bytes(),
-                serde_json::to_vec(&record)?,
-            )?;
-        }
+    } else if stale && let Some(mut record) = current {
+        record.last_active_ts = now_ms();
+        server.maps.userid_presence.put(
+            &server.db,
+            user.as_bytes(),
+            serde_json::to_vec(&record)?,
+        )?;
     }
     Ok(())
 }
@@ -131,10 +129,8 @@ pub fn reap(server: &Server) {
             .ok()
             .flatten()
             .is_some_and(|p| p.presence != "offline");
-        if online {
-            if let Err(error) = set(server, &user, "offline", None) {
-                tracing::warn!(%user, %error, "could not mark user offline");
-            }
+        if online && let Err(error) = set(server, &user, "offline", None) {
+            tracing::warn!(%user, %error, "could not mark user offline");
         }
     }
 }

@@ -49,10 +49,10 @@ pub async fn get(server: Arc<Server>, request: Ruma<get_presence::v3::Request>) 
         count: 0,
     });
     let mut content = presence::content(&server, target, &record);
-    if record.last_active_ts == 0 {
-        if let Some(object) = content.as_object_mut() {
-            object.remove("last_active_ago");
-        }
+    if record.last_active_ts == 0
+        && let Some(object) = content.as_object_mut()
+    {
+        object.remove("last_active_ago");
     }
     Ok(content)
 }

@@ -143,14 +143,12 @@ async fn relations(
         last = Some(relation.count);
     }
     let mut response = json!({ "chunk": chunk });
-    if more {
-        if let Some(last) = last {
-            response["next_batch"] = json!(token(if forward {
-                last
-            } else {
-                last.saturating_sub(1)
-            }));
-        }
+    if more && let Some(last) = last {
+        response["next_batch"] = json!(token(if forward {
+            last
+        } else {
+            last.saturating_sub(1)
+        }));
     }
     if let Some(from) = query.from {
         response["prev_batch"] = json!(from);
@@ -174,7 +172,7 @@ pub async fn all(
         event_type: None,
         from: body.from.as_deref(),
         to: body.to.as_deref(),
-        dir: body.dir.clone(),
+        dir: body.dir,
         limit: body.limit,
         recurse: body.recurse,
         recurse_given: query_has(&request.query, "recurse"),
@@ -195,7 +193,7 @@ pub async fn by_type(
         event_type: None,
         from: body.from.as_deref(),
         to: body.to.as_deref(),
-        dir: body.dir.clone(),
+        dir: body.dir,
         limit: body.limit,
         recurse: body.recurse,
         recurse_given: query_has(&request.query, "recurse"),
@@ -216,7 +214,7 @@ pub async fn by_type_and_event_type(
         event_type: Some(body.event_type.to_string()),
         from: body.from.as_deref(),
         to: body.to.as_deref(),
-        dir: body.dir.clone(),
+        dir: body.dir,
         limit: body.limit,
         recurse: body.recurse,
         recurse_given: query_has(&request.query, "recurse"),
