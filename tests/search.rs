@@ -615,6 +615,25 @@ async fn bad_input() {
         400,
         "M_INVALID_PARAM",
     );
+    for token in [
+        "r18446744073709551615",
+        "r99999999999999999999999",
+        "t-1",
+        "",
+        "r",
+    ] {
+        assert_error(
+            &server
+                .post(
+                    &format!("{SEARCH}?next_batch={token}"),
+                    &alice.token,
+                    json!({ "search_categories": { "room_events": { "search_term": "x" } } }),
+                )
+                .await,
+            400,
+            "M_INVALID_PARAM",
+        );
+    }
     let (status, body) = server
         .request(
             reqwest::Method::POST,
@@ -658,4 +677,46 @@ async fn bad_input() {
     // An empty category list is an empty answer.
     let (status, body) = post(json!({ "search_categories": {} })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn finds_cjk_text() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let japanese = server
+        .send_text(&alice, &room, "今日は東京で会議があります")
+        .await;
+    let chinese = server.send_text(&alice, &room, "我们明天去北京").await;
+    assert_eq!(term(&server, &alice, "東京").await, vec![japanese.clone()]);
+    assert_eq!(term(&server, &alice, "会議").await, vec![japanese]);
+    assert_eq!(term(&server, &alice, "北京").await, vec![chinese]);
+    assert!(term(&server, &alice, "京東").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_search_right_after_a_send_finds_it() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let alice = server.register("alice").await;
+    let room = server.create_room(&alice, json!({})).await;
+    let mut tasks = Vec::new();
+    for task in 0..4 {
+        let (server, alice, room) = (server.clone(), alice.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let word = format!("fresh{task}x{i}");
+                let sent = server
+                    .send_text(&alice, &room, &format!("just sent {word}"))
+                    .await;
+                assert_eq!(term(&server, &alice, &word).await, vec![sent], "{word}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(
+        search(&server, &alice, json!({ "search_term": "just sent" })).await["count"],
+        60
+    );
 }

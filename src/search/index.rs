@@ -23,8 +23,8 @@ use tantivy::{
         TextOptions,
     },
     tokenizer::{
-        AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
-        TokenStream,
+        AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenStream,
+        Tokenizer,
     },
 };
 
@@ -73,14 +73,83 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
-/// Words split on anything not alphanumeric, lowercased, accents folded; words over 40 bytes
-/// (hashes, base64) are dropped.
+/// Words split on anything not alphanumeric (each Chinese/Japanese character a word of its
+/// own), lowercased, accents folded; words over 40 bytes (hashes, base64) are dropped.
 pub fn analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
+    TextAnalyzer::builder(WordTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
         .build()
+}
+
+/// Han ideographs, hiragana and katakana: scripts written without spaces between words, so
+/// each character is indexed as a word and a query matches them as a phrase.
+fn is_cjk(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F
+    )
+}
+
+/// Runs of alphanumeric characters, and single CJK characters.
+#[derive(Clone, Default)]
+pub struct WordTokenizer {
+    token: Token,
+}
+
+pub struct WordStream<'a> {
+    text: &'a str,
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    token: &'a mut Token,
+}
+
+impl Tokenizer for WordTokenizer {
+    type TokenStream<'a> = WordStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> WordStream<'a> {
+        self.token.reset();
+        WordStream {
+            text,
+            chars: text.char_indices().peekable(),
+            token: &mut self.token,
+        }
+    }
+}
+
+impl TokenStream for WordStream<'_> {
+    fn advance(&mut self) -> bool {
+        self.token.text.clear();
+        self.token.position = self.token.position.wrapping_add(1);
+        while let Some((from, c)) = self.chars.next() {
+            if !c.is_alphanumeric() {
+                continue;
+            }
+            let mut to = from + c.len_utf8();
+            if !is_cjk(c) {
+                while let Some(&(at, next)) = self.chars.peek() {
+                    if !next.is_alphanumeric() || is_cjk(next) {
+                        break;
+                    }
+                    to = at + next.len_utf8();
+                    self.chars.next();
+                }
+            }
+            self.token.offset_from = from;
+            self.token.offset_to = to;
+            self.token.text.push_str(&self.text[from..to]);
+            return true;
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
 }
 
 pub fn tokens(text: &str) -> Vec<String> {
@@ -403,5 +472,20 @@ mod tests {
     #[test]
     fn analyzer_folds_case_and_accents() {
         assert_eq!(tokens("Café DÉJÀ-vu"), vec!["cafe", "deja", "vu"]);
+        assert_eq!(
+            tokens("x1 日本語テキストabc 한국어"),
+            vec![
+                "x1",
+                "日",
+                "本",
+                "語",
+                "テ",
+                "キ",
+                "ス",
+                "ト",
+                "abc",
+                "한국어"
+            ]
+        );
     }
 }

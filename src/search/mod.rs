@@ -4,9 +4,9 @@
 //! The event path only queues: [`Search::index_event`] (after every committed event) and
 //! [`Search::remove_event`] (after a redaction) push a small job and return. One background
 //! thread applies the jobs to the tantivy writer and to the user directory, and commits every
-//! `[search] commit_interval_ms` (200 ms) or [`COMMIT_DOCS`] documents, so sends stay fast. A search first asks for
-//! a flush and waits until every job queued before it is committed, so an event sent just
-//! before a search is found.
+//! `[search] commit_interval_ms` (200 ms) or [`COMMIT_DOCS`] documents, so sends stay fast.
+//! A search first asks for a flush and waits until every job queued before it is committed,
+//! so an event sent just before a search is found.
 //!
 //! Durability: each commit stores the stream position `P` it covers (every event `<= P` is
 //! in the index) as its payload. On start, events after `P` are indexed again from RocksDB
@@ -164,7 +164,15 @@ impl Search {
         let opened = index::open(&path)?;
         let writer: IndexWriter = opened
             .index
-            .writer_with_num_threads(1, config.search.writer_memory_mb.max(15) * 1_000_000)
+            .writer_with_options(
+                // One indexing thread and one merge thread: indexing is light next to the
+                // rest of the server, and the machine may have two cores.
+                tantivy::indexer::IndexWriterOptions::builder()
+                    .memory_budget_per_thread(config.search.writer_memory_mb.max(15) * 1_000_000)
+                    .num_worker_threads(1)
+                    .num_merge_threads(1)
+                    .build(),
+            )
             .map_err(|e| {
                 format!(
                     "cannot open the search index writer in {}: {e}",

@@ -44,6 +44,8 @@ pub const MAX_LIMIT: usize = 100;
 pub const MAX_CONTEXT: usize = 50;
 /// Raw hits examined per request at most (hits the user may not see are skipped).
 const MAX_EXAMINED: usize = 2_000;
+/// Deepest rank-ordered page (tokens beyond are not ours).
+const MAX_OFFSET: usize = 1_000_000;
 
 /// What the handler needs besides the JSON body.
 pub struct Outcome {
@@ -248,7 +250,10 @@ fn empty(highlights: &BTreeSet<String>) -> Outcome {
 fn parse_token(token: &str, order: Order) -> Result<Cursor> {
     let invalid = || Error::invalid_param("Invalid next_batch token");
     match (order, token.get(..1), token.get(1..)) {
-        (Order::Rank, Some("r"), Some(n)) => n.parse().map(Cursor::Offset).map_err(|_| invalid()),
+        (Order::Rank, Some("r"), Some(n)) => match n.parse::<usize>() {
+            Ok(offset) if offset <= MAX_OFFSET => Ok(Cursor::Offset(offset)),
+            _ => Err(invalid()),
+        },
         (Order::Recent, Some("t"), Some(n)) => n.parse().map(Cursor::Below).map_err(|_| invalid()),
         _ => Err(invalid()),
     }

@@ -3,7 +3,8 @@
 //! Subcommands:
 //! * `run`         — register users and run the client-API measurements against one
 //!                   homeserver (send throughput, /sync wake latency, initial /sync,
-//!                   media upload/download throughput and thumbnail generation).
+//!                   media upload/download throughput, thumbnail generation,
+//!                   /search latency).
 //! * `wait-health` — poll `GET /health` until it answers 200; prints the elapsed ms
 //!                   (used by `benches/run.sh` for cold-start timing).
 //! * `report`      — merge per-server JSON files into one side-by-side table (+ JSON).

@@ -103,7 +103,12 @@ async fn search(hs: &Hs, token: &str, term: &str, order_by: &str) -> Result<Valu
         "search_categories": { "room_events": { "search_term": term, "order_by": order_by } }
     });
     let v = hs
-        .call(Method::POST, "/_matrix/client/v3/search", Some(token), Some(&body))
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/search",
+            Some(token),
+            Some(&body),
+        )
         .await?;
     Ok(v["search_categories"]["room_events"].clone())
 }
@@ -162,7 +167,9 @@ pub async fn search_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<Sear
     let first = search(hs, &token, &word(0), "rank").await?;
     let first_search_ms = started.elapsed().as_secs_f64() * 1000.0;
     if first["results"].as_array().is_none_or(Vec::is_empty) {
-        return Err(format!("search for the most common word found nothing: {first}"));
+        return Err(format!(
+            "search for the most common word found nothing: {first}"
+        ));
     }
 
     let samples = a.search_samples.max(1);
@@ -222,7 +229,10 @@ mod tests {
         let text: Vec<String> = (0..2000).map(sentence).collect();
         let common = text.iter().filter(|s| s.contains(&word(0))).count();
         let rare = text.iter().filter(|s| s.contains(&word(700))).count();
-        assert!(common > 200 && rare < common / 10, "common {common}, rare {rare}");
+        assert!(
+            common > 200 && rare < common / 10,
+            "common {common}, rare {rare}"
+        );
         assert_eq!(sentence(7), sentence(7));
     }
 }
