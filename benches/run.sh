@@ -5,7 +5,8 @@
 #                  [--wake-samples N] [--rooms N] [--msgs-per-room N]
 #                  [--initial-runs N] [--cold-runs N] [--tests LIST]
 #                  [--media-uploads N] [--media-downloads N] [--thumb-samples N]
-#                  [--search-messages N] [--json FILE] [--keep]
+#                  [--search-messages N] [--busy-rooms N] [--busy-rate N]
+#                  [--json FILE] [--keep]
 #
 # Servers run one at a time (never side by side), each on a loopback port, each
 # stopped by its own PID. Nothing but 127.0.0.1 is contacted.
@@ -32,7 +33,9 @@ ROOMS=200
 MSGS_PER_ROOM=3
 INITIAL_RUNS=5
 COLD_RUNS=3
-TESTS="send,wake,initial,media,search"
+TESTS="send,wake,initial,busy,media,search"
+BUSY_ROOMS=50
+BUSY_RATE=10
 SEARCH_MESSAGES=100000
 MEDIA_UPLOADS=64
 MEDIA_DOWNLOADS=128
@@ -53,6 +56,8 @@ while [ $# -gt 0 ]; do
     --cold-runs) COLD_RUNS="$2"; shift 2 ;;
     --tests) TESTS="$2"; shift 2 ;;
     --search-messages) SEARCH_MESSAGES="$2"; shift 2 ;;
+    --busy-rooms) BUSY_ROOMS="$2"; shift 2 ;;
+    --busy-rate) BUSY_RATE="$2"; shift 2 ;;
     --media-uploads) MEDIA_UPLOADS="$2"; shift 2 ;;
     --media-downloads) MEDIA_DOWNLOADS="$2"; shift 2 ;;
     --thumb-samples) THUMB_SAMPLES="$2"; shift 2 ;;
@@ -234,7 +239,7 @@ for s in $SERVERS; do
         --msgs-per-room "$MSGS_PER_ROOM" --initial-sync-runs "$INITIAL_RUNS" \
         --tests "$TESTS" --media-uploads "$MEDIA_UPLOADS" \
         --media-downloads "$MEDIA_DOWNLOADS" --thumb-samples "$THUMB_SAMPLES" \
-        --search-messages "$SEARCH_MESSAGES" \
+        --search-messages "$SEARCH_MESSAGES" --busy-rooms "$BUSY_ROOMS" --busy-rate "$BUSY_RATE" \
         --json "$WORK/$s.load.json"; then
     log "--- last lines of $(server_log "$s") ---"
     tail -n 40 "$(server_log "$s")" >&2 || true

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 type Result<T> = std::result::Result<T, String>;
 
+mod busy;
 mod search;
 
 #[derive(Parser)]
@@ -79,7 +80,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
     /// Which tests to run (comma-separated): send, wake, initial, media.
-    #[arg(long, default_value = "send,wake,initial,media,search", value_delimiter = ',')]
+    #[arg(long, default_value = "send,wake,initial,busy,media,search", value_delimiter = ',')]
     tests: Vec<String>,
     /// Media test: size of each uploaded/downloaded file, in KiB.
     #[arg(long, default_value_t = 1024)]
@@ -96,6 +97,13 @@ struct RunArgs {
     /// Media test: thumbnail samples (each a fresh ~1 MP JPEG, so the request generates).
     #[arg(long, default_value_t = 20)]
     thumb_samples: usize,
+    /// Busy test: rooms kept busy while the observer syncs.
+    #[arg(long, default_value_t = 50)]
+    busy_rooms: usize,
+    /// Busy test: messages per second over all rooms (each with a typing notification and a
+    /// read receipt).
+    #[arg(long, default_value_t = 10.0)]
+    busy_rate: f64,
     /// Search test: messages seeded before the timed queries.
     #[arg(long, default_value_t = 100_000)]
     search_messages: usize,
@@ -479,6 +487,8 @@ struct RunResult {
     media: Option<MediaResult>,
     #[serde(default)]
     search: Option<search::SearchResult>,
+    #[serde(default)]
+    busy: Option<busy::BusyResult>,
     total_seconds: f64,
 }
 
@@ -513,8 +523,8 @@ struct MediaResult {
 
 async fn run(a: RunArgs) -> Result<()> {
     for t in &a.tests {
-        if !matches!(t.as_str(), "send" | "wake" | "initial" | "media" | "search") {
-            return Err(format!("unknown test `{t}` (expected send, wake, initial, media, search)"));
+        if !matches!(t.as_str(), "send" | "wake" | "initial" | "busy" | "media" | "search") {
+            return Err(format!("unknown test `{t}` (expected send, wake, initial, busy, media, search)"));
         }
     }
     let want = |t: &str| a.tests.iter().any(|x| x == t);
@@ -545,6 +555,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if want("initial") {
         res.initial_sync = Some(initial_sync_test(&hs, &a, &prefix).await?);
+    }
+    if want("busy") {
+        res.busy = Some(busy::busy_test(&hs, &a, &prefix).await?);
     }
     if want("media") {
         res.media = Some(media_test(&hs, &a, &prefix).await?);
@@ -1328,6 +1341,30 @@ fn report(a: ReportArgs) -> Result<()> {
             decimals: 2,
         },
         &|n| loads.get(n)?.media.as_ref().map(|m| m.thumb_first_p99_ms),
+    );
+    let busy_label = names
+        .iter()
+        .find_map(|n| loads.get(n)?.busy.as_ref().map(|b| format!("{} rooms, {} msg/s + typing + receipts", b.rooms, b.offered_messages_per_sec)))
+        .unwrap_or_default();
+    push(
+        Row {
+            key: "busy_p50",
+            label: format!("/sync delivery p50, {busy_label}"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.busy.as_ref().map(|b| b.delivery_p50_ms),
+    );
+    push(
+        Row {
+            key: "busy_p99",
+            label: format!("/sync delivery p99, {busy_label}"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.busy.as_ref().map(|b| b.delivery_p99_ms),
     );
     push(
         Row {

@@ -13,7 +13,7 @@ use crate::{api::ruma::Ruma, error::Result, rooms::version, server::Server};
 /// Spec versions whose client-server features this server implements.
 pub const SPEC_VERSIONS: &[&str] = &[
     "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-    "v1.9", "v1.10",
+    "v1.9", "v1.10", "v1.11",
 ];
 
 pub async fn versions(
