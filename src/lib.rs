@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod directory;
+pub mod e2ee;
 pub mod error;
 pub mod media;
 pub mod push;

@@ -30,6 +30,8 @@ pub struct Server {
     pub media: crate::media::Media,
     pub push: crate::push::Push,
     pub presence: crate::users::presence::PresenceTracker,
+    /// Sliding sync connections and what each was sent.
+    pub sliding: crate::sync::sliding::Connections,
     pub search: crate::search::Search,
     pub started_at: std::time::Instant,
     /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
@@ -59,6 +61,7 @@ impl Server {
             media,
             push: Default::default(),
             presence: Default::default(),
+            sliding: Default::default(),
             search,
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

@@ -128,6 +128,7 @@ pub fn build(server: Arc<Server>) -> Router {
     r = route_json(r, s, push::pushers_set);
     r = route_json(r, s, push::notifications);
     r = route_json(r, s, sync::sync_v3);
+    r = route_json(r, s, sync::sliding);
 
     // State events with an empty state key may be addressed without the trailing segment.
     for version in ["r0", "v3"] {

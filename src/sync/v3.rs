@@ -25,6 +25,9 @@ pub struct SyncParams {
     pub user: OwnedUserId,
     pub device: ruma::OwnedDeviceId,
     pub since: Option<u64>,
+    /// To-device messages up to here are acknowledged (the since token's `_t` part, else its
+    /// position).
+    pub to_device_ack: u64,
     pub filter: FilterDefinition,
     pub full_state: bool,
     pub use_state_after: bool,
@@ -179,16 +182,58 @@ pub fn build(server: &Server, params: &SyncParams, now: u64) -> Result<(Value, b
             rooms.insert(name.into(), Value::Object(section));
         }
     }
+    // End-to-end encryption: to-device messages (acknowledged by the since token), device-list
+    // changes, key counts.
+    let to_device = crate::e2ee::to_device(
+        server,
+        &params.user,
+        &params.device,
+        params.to_device_ack,
+        now,
+        100,
+    )?;
+    let device_lists = match since {
+        Some(s) => crate::e2ee::device_lists(server, &params.user, s, now)?,
+        None => Default::default(),
+    };
+    let has_updates = has_updates
+        || !to_device.events.is_empty()
+        || !device_lists.changed.is_empty()
+        || !device_lists.left.is_empty();
+    let to_device_position = if to_device.more { to_device.last } else { None };
+
     let mut response = Map::new();
-    response.insert("next_batch".into(), json!(super::token(now)));
+    response.insert(
+        "next_batch".into(),
+        json!(super::sync_token(now, to_device_position)),
+    );
     response.insert("rooms".into(), Value::Object(rooms));
     response.insert(
         "account_data".into(),
         json!({ "events": global_account_data }),
     );
     response.insert("presence".into(), json!({ "events": presence_events }));
-    response.insert("to_device".into(), json!({ "events": [] }));
-    response.insert("device_one_time_keys_count".into(), json!({}));
+    response.insert("to_device".into(), json!({ "events": to_device.events }));
+    response.insert(
+        "device_lists".into(),
+        json!({ "changed": device_lists.changed, "left": device_lists.left }),
+    );
+    response.insert(
+        "device_one_time_keys_count".into(),
+        json!(crate::e2ee::one_time_key_counts(
+            server,
+            &params.user,
+            &params.device
+        )?),
+    );
+    response.insert(
+        "device_unused_fallback_key_types".into(),
+        json!(crate::e2ee::unused_fallback_key_types(
+            server,
+            &params.user,
+            &params.device
+        )?),
+    );
     Ok((Value::Object(response), has_updates))
 }
 
@@ -263,15 +308,41 @@ fn membership_at(
     }))
 }
 
-struct Timeline {
-    events: Vec<(u64, PduRef)>,
-    limited: bool,
+pub struct Timeline {
+    pub events: Vec<(u64, PduRef)>,
+    pub limited: bool,
 }
 
 /// Visible timeline events in `(from, to]`, newest `limit`, returned oldest first.
 fn timeline(
     server: &Server,
     params: &SyncParams,
+    room_id: &RoomId,
+    from: u64,
+    to: u64,
+    limit: usize,
+    current: Option<&Membership>,
+) -> Result<Timeline> {
+    let reader = Reader {
+        user: &params.user,
+        ignored: &params.ignored,
+        filter: Some(&params.filter.room.timeline),
+    };
+    read_timeline(server, &reader, room_id, from, to, limit, current)
+}
+
+/// Who reads a timeline, and how: for visibility, ignored senders and the event filter.
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    pub ignored: &'a BTreeSet<OwnedUserId>,
+    pub filter: Option<&'a ruma::api::client::filter::RoomEventFilter>,
+}
+
+/// The newest `limit` visible events in `(from, to]`, oldest first. The window ends at the
+/// first event the reader may not see (no holes: the state at its start stays exact).
+pub fn read_timeline(
+    server: &Server,
+    reader: &Reader<'_>,
     room_id: &RoomId,
     from: u64,
     to: u64,
@@ -290,18 +361,19 @@ fn timeline(
         }
         for (count, pdu) in &batch {
             cursor = count.saturating_sub(1);
-            if !filter::room_event_allowed(&params.filter.room.timeline, pdu) {
+            if reader
+                .filter
+                .is_some_and(|f| !filter::room_event_allowed(f, pdu))
+            {
                 continue;
             }
-            if !pdu.is_state() && params.ignored.contains(&pdu.sender) {
+            if !pdu.is_state() && reader.ignored.contains(&pdu.sender) {
                 continue;
             }
             let Some(meta) = server.rooms.event_meta(&server.maps, &pdu.event_id)? else {
                 continue;
             };
-            if !visibility::can_see(server, &params.user, pdu, &meta, current)? {
-                // History before this point is hidden: end the timeline here (no holes, so
-                // the state at its start is right) and let the client paginate if it wants.
+            if !visibility::can_see(server, reader.user, pdu, &meta, current)? {
                 limited = !events.is_empty() || limited;
                 break 'scan;
             }

@@ -35,12 +35,19 @@ pub async fn sync_v3(
         }
         Some(_) => return Err(Error::invalid_param("Invalid filter")),
     };
-    let since = body.since.as_deref().map(sync::parse_token).transpose()?;
+    let token = body
+        .since
+        .as_deref()
+        .map(sync::parse_sync_token)
+        .transpose()?;
+    let since = token.map(|t| t.position);
+    let to_device_ack = token.map_or(0, |t| t.to_device.unwrap_or(t.position));
     let max = Duration::from_millis(server.config.limits.max_sync_timeout_ms);
     let params = SyncParams {
         user,
         device,
         since,
+        to_device_ack,
         filter,
         full_state: body.full_state,
         use_state_after: body.use_state_after,
@@ -72,4 +79,14 @@ pub async fn get(server: Arc<Server>, request: Ruma<get_filter::v3::Request>) ->
     let filter = filters::get(&server, &user, &request.body.filter_id)?
         .ok_or_else(|| Error::not_found("Unknown filter"))?;
     Ok(if filter.is_null() { json!({}) } else { filter })
+}
+
+/// Simplified sliding sync (MSC4186).
+pub async fn sliding(
+    server: Arc<Server>,
+    request: Ruma<sync_events::v5::Request>,
+) -> Result<Value> {
+    let user = request.owned_user()?;
+    let device = request.owned_device()?;
+    sync::sliding::sync(&server, user, device, request.body).await
 }
