@@ -33,7 +33,8 @@ ROOMS=200
 MSGS_PER_ROOM=3
 INITIAL_RUNS=5
 COLD_RUNS=3
-TESTS="send,wake,initial,busy,media,search"
+TESTS="send,wake,initial,busy,sliding,media,search"
+SLIDING_ROOMS=500
 BUSY_ROOMS=50
 BUSY_RATE=10
 SEARCH_MESSAGES=100000
@@ -58,6 +59,7 @@ while [ $# -gt 0 ]; do
     --search-messages) SEARCH_MESSAGES="$2"; shift 2 ;;
     --busy-rooms) BUSY_ROOMS="$2"; shift 2 ;;
     --busy-rate) BUSY_RATE="$2"; shift 2 ;;
+    --sliding-rooms) SLIDING_ROOMS="$2"; shift 2 ;;
     --media-uploads) MEDIA_UPLOADS="$2"; shift 2 ;;
     --media-downloads) MEDIA_DOWNLOADS="$2"; shift 2 ;;
     --thumb-samples) THUMB_SAMPLES="$2"; shift 2 ;;
@@ -239,7 +241,7 @@ for s in $SERVERS; do
         --msgs-per-room "$MSGS_PER_ROOM" --initial-sync-runs "$INITIAL_RUNS" \
         --tests "$TESTS" --media-uploads "$MEDIA_UPLOADS" \
         --media-downloads "$MEDIA_DOWNLOADS" --thumb-samples "$THUMB_SAMPLES" \
-        --search-messages "$SEARCH_MESSAGES" --busy-rooms "$BUSY_ROOMS" --busy-rate "$BUSY_RATE" \
+        --search-messages "$SEARCH_MESSAGES" --busy-rooms "$BUSY_ROOMS" --busy-rate "$BUSY_RATE" --sliding-rooms "$SLIDING_ROOMS" \
         --json "$WORK/$s.load.json"; then
     log "--- last lines of $(server_log "$s") ---"
     tail -n 40 "$(server_log "$s")" >&2 || true

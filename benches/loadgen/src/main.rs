@@ -28,6 +28,7 @@ type Result<T> = std::result::Result<T, String>;
 
 mod busy;
 mod search;
+mod sliding;
 
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Matrix homeserver load generator (Sparks benchmark)")]
@@ -80,7 +81,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
     /// Which tests to run (comma-separated): send, wake, initial, media.
-    #[arg(long, default_value = "send,wake,initial,busy,media,search", value_delimiter = ',')]
+    #[arg(long, default_value = "send,wake,initial,busy,sliding,media,search", value_delimiter = ',')]
     tests: Vec<String>,
     /// Media test: size of each uploaded/downloaded file, in KiB.
     #[arg(long, default_value_t = 1024)]
@@ -97,6 +98,9 @@ struct RunArgs {
     /// Media test: thumbnail samples (each a fresh ~1 MP JPEG, so the request generates).
     #[arg(long, default_value_t = 20)]
     thumb_samples: usize,
+    /// Sliding test: rooms the sliding-sync user is in.
+    #[arg(long, default_value_t = 500)]
+    sliding_rooms: usize,
     /// Busy test: rooms kept busy while the observer syncs.
     #[arg(long, default_value_t = 50)]
     busy_rooms: usize,
@@ -489,6 +493,8 @@ struct RunResult {
     search: Option<search::SearchResult>,
     #[serde(default)]
     busy: Option<busy::BusyResult>,
+    #[serde(default)]
+    sliding: Option<sliding::SlidingResult>,
     total_seconds: f64,
 }
 
@@ -523,8 +529,8 @@ struct MediaResult {
 
 async fn run(a: RunArgs) -> Result<()> {
     for t in &a.tests {
-        if !matches!(t.as_str(), "send" | "wake" | "initial" | "busy" | "media" | "search") {
-            return Err(format!("unknown test `{t}` (expected send, wake, initial, busy, media, search)"));
+        if !matches!(t.as_str(), "send" | "wake" | "initial" | "busy" | "sliding" | "media" | "search") {
+            return Err(format!("unknown test `{t}` (expected send, wake, initial, busy, sliding, media, search)"));
         }
     }
     let want = |t: &str| a.tests.iter().any(|x| x == t);
@@ -558,6 +564,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if want("busy") {
         res.busy = Some(busy::busy_test(&hs, &a, &prefix).await?);
+    }
+    if want("sliding") {
+        res.sliding = Some(sliding::sliding_test(&hs, &a, &prefix).await?);
     }
     if want("media") {
         res.media = Some(media_test(&hs, &a, &prefix).await?);
@@ -1365,6 +1374,37 @@ fn report(a: ReportArgs) -> Result<()> {
             decimals: 2,
         },
         &|n| loads.get(n)?.busy.as_ref().map(|b| b.delivery_p99_ms),
+    );
+    let sliding_n = names.iter().find_map(|n| loads.get(n)?.sliding.as_ref().map(|s| s.rooms)).unwrap_or_default();
+    push(
+        Row {
+            key: "sliding_initial",
+            label: format!("sliding sync initial, all {sliding_n} rooms"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 1,
+        },
+        &|n| loads.get(n)?.sliding.as_ref().map(|s| s.initial_all_ms),
+    );
+    push(
+        Row {
+            key: "sliding_page",
+            label: "sliding sync initial, first 20 rooms".to_string(),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 1,
+        },
+        &|n| loads.get(n)?.sliding.as_ref().map(|s| s.initial_page_ms),
+    );
+    push(
+        Row {
+            key: "sliding_incremental_p99",
+            label: format!("sliding sync incremental p99, {sliding_n} rooms"),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 2,
+        },
+        &|n| loads.get(n)?.sliding.as_ref().map(|s| s.incremental_p99_ms),
     );
     push(
         Row {
