@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 type Result<T> = std::result::Result<T, String>;
 
 mod busy;
+mod e2ee;
 mod search;
 mod sliding;
 
@@ -81,7 +82,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 4)]
     setup_concurrency: usize,
     /// Which tests to run (comma-separated): send, wake, initial, media.
-    #[arg(long, default_value = "send,wake,initial,busy,sliding,media,search", value_delimiter = ',')]
+    #[arg(long, default_value = "send,wake,initial,busy,sliding,e2ee,media,search", value_delimiter = ',')]
     tests: Vec<String>,
     /// Media test: size of each uploaded/downloaded file, in KiB.
     #[arg(long, default_value_t = 1024)]
@@ -98,6 +99,12 @@ struct RunArgs {
     /// Media test: thumbnail samples (each a fresh ~1 MP JPEG, so the request generates).
     #[arg(long, default_value_t = 20)]
     thumb_samples: usize,
+    /// E2EE test: one-time keys uploaded and then claimed.
+    #[arg(long, default_value_t = 2000)]
+    claim_keys: usize,
+    /// E2EE test: concurrent claimers.
+    #[arg(long, default_value_t = 16)]
+    claim_concurrency: usize,
     /// Sliding test: rooms the sliding-sync user is in.
     #[arg(long, default_value_t = 500)]
     sliding_rooms: usize,
@@ -495,6 +502,8 @@ struct RunResult {
     busy: Option<busy::BusyResult>,
     #[serde(default)]
     sliding: Option<sliding::SlidingResult>,
+    #[serde(default)]
+    e2ee: Option<e2ee::E2eeResult>,
     total_seconds: f64,
 }
 
@@ -529,8 +538,8 @@ struct MediaResult {
 
 async fn run(a: RunArgs) -> Result<()> {
     for t in &a.tests {
-        if !matches!(t.as_str(), "send" | "wake" | "initial" | "busy" | "sliding" | "media" | "search") {
-            return Err(format!("unknown test `{t}` (expected send, wake, initial, busy, sliding, media, search)"));
+        if !matches!(t.as_str(), "send" | "wake" | "initial" | "busy" | "sliding" | "e2ee" | "media" | "search") {
+            return Err(format!("unknown test `{t}` (expected send, wake, initial, busy, sliding, e2ee, media, search)"));
         }
     }
     let want = |t: &str| a.tests.iter().any(|x| x == t);
@@ -567,6 +576,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     if want("sliding") {
         res.sliding = Some(sliding::sliding_test(&hs, &a, &prefix).await?);
+    }
+    if want("e2ee") {
+        res.e2ee = Some(e2ee::e2ee_test(&hs, &a, &prefix).await?);
     }
     if want("media") {
         res.media = Some(media_test(&hs, &a, &prefix).await?);
@@ -1374,6 +1386,36 @@ fn report(a: ReportArgs) -> Result<()> {
             decimals: 2,
         },
         &|n| loads.get(n)?.busy.as_ref().map(|b| b.delivery_p99_ms),
+    );
+    push(
+        Row {
+            key: "claims",
+            label: "/keys/claim throughput".to_string(),
+            unit: "claims/s",
+            better: Better::Higher,
+            decimals: 1,
+        },
+        &|n| loads.get(n)?.e2ee.as_ref().map(|e| e.claims_per_sec),
+    );
+    push(
+        Row {
+            key: "to_device_p50",
+            label: "to-device send→deliver p50".to_string(),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 3,
+        },
+        &|n| loads.get(n)?.e2ee.as_ref().map(|e| e.to_device_p50_ms),
+    );
+    push(
+        Row {
+            key: "to_device_p99",
+            label: "to-device send→deliver p99".to_string(),
+            unit: "ms",
+            better: Better::Lower,
+            decimals: 3,
+        },
+        &|n| loads.get(n)?.e2ee.as_ref().map(|e| e.to_device_p99_ms),
     );
     let sliding_n = names.iter().find_map(|n| loads.get(n)?.sliding.as_ref().map(|s| s.rooms)).unwrap_or_default();
     push(
