@@ -9,7 +9,13 @@ use serde_json::{Value, json};
 
 const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
-async fn sliding(server: &TestServer, user: &User, pos: Option<&str>, timeout_ms: Option<u64>, body: &Value) -> (u16, Value) {
+async fn sliding(
+    server: &TestServer,
+    user: &User,
+    pos: Option<&str>,
+    timeout_ms: Option<u64>,
+    body: &Value,
+) -> (u16, Value) {
     let mut query = Vec::new();
     if let Some(pos) = pos {
         query.push(format!("pos={}", enc(pos)));
@@ -17,7 +23,11 @@ async fn sliding(server: &TestServer, user: &User, pos: Option<&str>, timeout_ms
     if let Some(timeout) = timeout_ms {
         query.push(format!("timeout={timeout}"));
     }
-    let path = if query.is_empty() { SLIDING.to_owned() } else { format!("{SLIDING}?{}", query.join("&")) };
+    let path = if query.is_empty() {
+        SLIDING.to_owned()
+    } else {
+        format!("{SLIDING}?{}", query.join("&"))
+    };
     let (status, response) = server.post(&path, &user.token, body.clone()).await;
     (status.as_u16(), response)
 }
@@ -36,13 +46,20 @@ fn list_body(range_end: u64, timeline_limit: u64) -> Value {
 }
 
 fn room_ids(response: &Value) -> Vec<String> {
-    response["rooms"].as_object().map(|r| r.keys().cloned().collect()).unwrap_or_default()
+    response["rooms"]
+        .as_object()
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn bodies(room: &Value) -> Vec<String> {
     room["timeline"]
         .as_array()
-        .map(|t| t.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -52,7 +69,11 @@ async fn initial_list_is_ordered_by_activity_and_ranged() {
     let alice = server.register("alice").await;
     let mut rooms = Vec::new();
     for i in 0..5 {
-        rooms.push(server.create_room(&alice, json!({ "name": format!("room {i}") })).await);
+        rooms.push(
+            server
+                .create_room(&alice, json!({ "name": format!("room {i}") }))
+                .await,
+        );
     }
     // Room 1 becomes the most recently active.
     server.send_text(&alice, &rooms[1], "latest").await;
@@ -61,18 +82,48 @@ async fn initial_list_is_ordered_by_activity_and_ranged() {
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["lists"]["all"]["count"], 5, "{response}");
     let returned = room_ids(&response);
-    assert_eq!(returned.len(), 3, "range [0,2] selects three rooms: {response}");
-    assert!(returned.contains(&rooms[1]) && returned.contains(&rooms[4]) && returned.contains(&rooms[3]), "{response}");
+    assert_eq!(
+        returned.len(),
+        3,
+        "range [0,2] selects three rooms: {response}"
+    );
+    assert!(
+        returned.contains(&rooms[1])
+            && returned.contains(&rooms[4])
+            && returned.contains(&rooms[3]),
+        "{response}"
+    );
     let top = &response["rooms"][&rooms[1]];
     assert_eq!(top["initial"], true);
     assert_eq!(top["name"], "room 1");
     assert_eq!(bodies(top), vec!["latest"], "timeline_limit 1: {top}");
     assert_eq!(top["limited"], true, "{top}");
-    let state_types: Vec<&str> = top["required_state"].as_array().expect("required_state").iter().filter_map(|e| e["type"].as_str()).collect();
-    assert!(state_types.contains(&"m.room.create") && state_types.contains(&"m.room.member"), "{top}");
-    assert!(!state_types.contains(&"m.room.name"), "only the required state: {top}");
-    let bumps: Vec<u64> = [&rooms[1], &rooms[4], &rooms[3]].iter().map(|r| response["rooms"][r.as_str()]["bump_stamp"].as_u64().expect("bump")).collect();
-    assert!(bumps[0] > bumps[1] && bumps[1] > bumps[2], "bump stamps follow activity: {bumps:?}");
+    let state_types: Vec<&str> = top["required_state"]
+        .as_array()
+        .expect("required_state")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        state_types.contains(&"m.room.create") && state_types.contains(&"m.room.member"),
+        "{top}"
+    );
+    assert!(
+        !state_types.contains(&"m.room.name"),
+        "only the required state: {top}"
+    );
+    let bumps: Vec<u64> = [&rooms[1], &rooms[4], &rooms[3]]
+        .iter()
+        .map(|r| {
+            response["rooms"][r.as_str()]["bump_stamp"]
+                .as_u64()
+                .expect("bump")
+        })
+        .collect();
+    assert!(
+        bumps[0] > bumps[1] && bumps[1] > bumps[2],
+        "bump stamps follow activity: {bumps:?}"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +132,9 @@ async fn incremental_returns_only_changed_rooms_and_long_polls() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let quiet = server.create_room(&alice, json!({ "name": "quiet" })).await;
-    let busy = server.create_room(&alice, json!({ "name": "busy", "preset": "public_chat" })).await;
+    let busy = server
+        .create_room(&alice, json!({ "name": "busy", "preset": "public_chat" }))
+        .await;
     server.join(&bob, &busy).await;
     let (_, first) = sliding(&server, &alice, None, None, &list_body(10, 5)).await;
     let pos = first["pos"].as_str().expect("pos").to_owned();
@@ -91,8 +144,14 @@ async fn incremental_returns_only_changed_rooms_and_long_polls() {
     let started = Instant::now();
     let (status, idle) = sliding(&server, &alice, Some(&pos), Some(800), &list_body(10, 5)).await;
     assert_eq!(status, 200, "{idle}");
-    assert!(started.elapsed() >= Duration::from_millis(700), "held for the timeout");
-    assert!(room_ids(&idle).is_empty(), "unchanged rooms are not repeated: {idle}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "held for the timeout"
+    );
+    assert!(
+        room_ids(&idle).is_empty(),
+        "unchanged rooms are not repeated: {idle}"
+    );
     let pos = idle["pos"].as_str().expect("pos").to_owned();
 
     // Bob speaks in the busy room while alice long-polls.
@@ -118,11 +177,18 @@ async fn incremental_returns_only_changed_rooms_and_long_polls() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.send_text(&bob, &busy, "hello alice").await;
     let (elapsed, update) = poll.await.expect("poll");
-    assert!(elapsed < Duration::from_secs(5), "woken by the message: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "woken by the message: {elapsed:?}"
+    );
     assert_eq!(room_ids(&update), vec![busy.clone()], "{update}");
     let room = &update["rooms"][&busy];
     assert!(room.get("initial").is_none(), "{room}");
-    assert_eq!(bodies(room), vec!["hello alice"], "only the new event: {room}");
+    assert_eq!(
+        bodies(room),
+        vec!["hello alice"],
+        "only the new event: {room}"
+    );
     assert_eq!(room["num_live"], 1, "{room}");
     assert!(!room_ids(&update).contains(&quiet));
     assert_eq!(room["notification_count"], 1, "{room}");
@@ -132,10 +198,12 @@ async fn incremental_returns_only_changed_rooms_and_long_polls() {
 async fn unknown_pos_is_m_unknown_pos() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    let (status, response) = sliding(&server, &alice, Some("12_999"), Some(0), &list_body(1, 1)).await;
+    let (status, response) =
+        sliding(&server, &alice, Some("12_999"), Some(0), &list_body(1, 1)).await;
     assert_eq!(status, 400, "{response}");
     assert_eq!(response["errcode"], "M_UNKNOWN_POS");
-    let (status, response) = sliding(&server, &alice, Some("nonsense"), Some(0), &list_body(1, 1)).await;
+    let (status, response) =
+        sliding(&server, &alice, Some("nonsense"), Some(0), &list_body(1, 1)).await;
     assert_eq!(status, 400);
     assert_eq!(response["errcode"], "M_UNKNOWN_POS");
 }
@@ -145,14 +213,28 @@ async fn filters_dm_invite_encrypted_and_space() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let dm = server.create_room(&alice, json!({ "is_direct": true, "invite": [bob.user_id] })).await;
+    let dm = server
+        .create_room(
+            &alice,
+            json!({ "is_direct": true, "invite": [bob.user_id] }),
+        )
+        .await;
     let encrypted = server
         .create_room(&alice, json!({ "initial_state": [{ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } }] }))
         .await;
-    let space = server.create_room(&alice, json!({ "creation_content": { "type": "m.space" } })).await;
+    let space = server
+        .create_room(&alice, json!({ "creation_content": { "type": "m.space" } }))
+        .await;
     let plain = server.create_room(&alice, json!({})).await;
     let (status, _) = server
-        .put(&format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&alice.user_id)), &alice.token, json!({ bob.user_id.clone(): [dm] }))
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.direct",
+                enc(&alice.user_id)
+            ),
+            &alice.token,
+            json!({ bob.user_id.clone(): [dm] }),
+        )
         .await;
     assert_eq!(status, 200);
 
@@ -167,23 +249,51 @@ async fn filters_dm_invite_encrypted_and_space() {
             ids
         }
     };
-    assert_eq!(run(filtered(json!({ "is_dm": true }))).await, vec![dm.clone()]);
+    assert_eq!(
+        run(filtered(json!({ "is_dm": true }))).await,
+        vec![dm.clone()]
+    );
     let mut not_dm = run(filtered(json!({ "is_dm": false }))).await;
     not_dm.sort();
     let mut expected = vec![encrypted.clone(), space.clone(), plain.clone()];
     expected.sort();
     assert_eq!(not_dm, expected);
-    assert_eq!(run(filtered(json!({ "is_encrypted": true }))).await, vec![encrypted.clone()]);
-    assert_eq!(run(filtered(json!({ "room_types": ["m.space"] }))).await, vec![space.clone()]);
-    assert!(!run(filtered(json!({ "not_room_types": ["m.space"] }))).await.contains(&space));
+    assert_eq!(
+        run(filtered(json!({ "is_encrypted": true }))).await,
+        vec![encrypted.clone()]
+    );
+    assert_eq!(
+        run(filtered(json!({ "room_types": ["m.space"] }))).await,
+        vec![space.clone()]
+    );
+    assert!(
+        !run(filtered(json!({ "not_room_types": ["m.space"] })))
+            .await
+            .contains(&space)
+    );
 
     // Bob: the DM invite, as stripped state.
-    let (_, response) = sliding(&server, &bob, None, None, &filtered(json!({ "is_invite": true }))).await;
+    let (_, response) = sliding(
+        &server,
+        &bob,
+        None,
+        None,
+        &filtered(json!({ "is_invite": true })),
+    )
+    .await;
     assert_eq!(room_ids(&response), vec![dm.clone()], "{response}");
     let invite = &response["rooms"][&dm];
     assert_eq!(invite["membership"], "invite");
-    assert!(invite["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{invite}");
-    assert!(invite.get("timeline").is_none(), "no timeline before joining: {invite}");
+    assert!(
+        invite["invite_state"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{invite}"
+    );
+    assert!(
+        invite.get("timeline").is_none(),
+        "no timeline before joining: {invite}"
+    );
 }
 
 #[tokio::test]
@@ -191,15 +301,32 @@ async fn subscriptions_lazy_members_and_extensions() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let room = server.create_room(&alice, json!({ "preset": "public_chat", "name": "sub" })).await;
+    let room = server
+        .create_room(&alice, json!({ "preset": "public_chat", "name": "sub" }))
+        .await;
     server.join(&bob, &room).await;
     let event = server.send_text(&bob, &room, "from bob").await;
     let (status, _) = server
-        .post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event)), &bob.token, json!({}))
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&event)
+            ),
+            &bob.token,
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = server
-        .put(&format!("/_matrix/client/v3/user/{}/account_data/org.example.setting", enc(&alice.user_id)), &alice.token, json!({ "on": true }))
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.setting",
+                enc(&alice.user_id)
+            ),
+            &alice.token,
+            json!({ "on": true }),
+        )
         .await;
     assert_eq!(status, 200);
 
@@ -227,7 +354,10 @@ async fn subscriptions_lazy_members_and_extensions() {
         .filter(|e| e["type"] == "m.room.member")
         .filter_map(|e| e["state_key"].as_str())
         .collect();
-    assert!(members.contains(&bob.user_id.as_str()), "lazy member of a timeline sender: {sub}");
+    assert!(
+        members.contains(&bob.user_id.as_str()),
+        "lazy member of a timeline sender: {sub}"
+    );
     let global: Vec<&str> = response["extensions"]["account_data"]["global"]
         .as_array()
         .expect("global account data")
@@ -237,19 +367,40 @@ async fn subscriptions_lazy_members_and_extensions() {
     assert!(global.contains(&"org.example.setting"), "{response}");
     let receipt = &response["extensions"]["receipts"]["rooms"][&room];
     assert_eq!(receipt["type"], "m.receipt", "{response}");
-    assert!(receipt["content"][&event]["m.read"][&bob.user_id].is_object(), "{receipt}");
-    assert!(response["extensions"]["e2ee"]["device_lists"].is_object(), "{response}");
-    assert!(response["extensions"]["to_device"]["next_batch"].is_string(), "{response}");
+    assert!(
+        receipt["content"][&event]["m.read"][&bob.user_id].is_object(),
+        "{receipt}"
+    );
+    assert!(
+        response["extensions"]["e2ee"]["device_lists"].is_object(),
+        "{response}"
+    );
+    assert!(
+        response["extensions"]["to_device"]["next_batch"].is_string(),
+        "{response}"
+    );
 
     // Typing shows up incrementally.
     let pos = response["pos"].as_str().expect("pos").to_owned();
     let (status, _) = server
-        .put(&format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)), &bob.token, json!({ "typing": true, "timeout": 10000 }))
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+            &bob.token,
+            json!({ "typing": true, "timeout": 10000 }),
+        )
         .await;
     assert_eq!(status, 200);
     let (_, update) = sliding(&server, &alice, Some(&pos), Some(5000), &body).await;
     let typing = &update["extensions"]["typing"]["rooms"][&room];
-    assert_eq!(typing["content"]["user_ids"], json!([bob.user_id]), "{update}");
+    assert_eq!(
+        typing["content"]["user_ids"],
+        json!([bob.user_id]),
+        "{update}"
+    );
 }
 
 #[tokio::test]
@@ -257,14 +408,24 @@ async fn growing_the_range_sends_only_new_rooms() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     for i in 0..6 {
-        server.create_room(&alice, json!({ "name": format!("r{i}") })).await;
+        server
+            .create_room(&alice, json!({ "name": format!("r{i}") }))
+            .await;
     }
     let (_, first) = sliding(&server, &alice, None, None, &list_body(1, 1)).await;
     assert_eq!(room_ids(&first).len(), 2);
     let pos = first["pos"].as_str().expect("pos").to_owned();
     let (_, grown) = sliding(&server, &alice, Some(&pos), Some(0), &list_body(5, 1)).await;
     let new_rooms = room_ids(&grown);
-    assert_eq!(new_rooms.len(), 4, "only the four rooms not sent yet: {grown}");
+    assert_eq!(
+        new_rooms.len(),
+        4,
+        "only the four rooms not sent yet: {grown}"
+    );
     assert!(new_rooms.iter().all(|r| !room_ids(&first).contains(r)));
-    assert!(new_rooms.iter().all(|r| grown["rooms"][r]["initial"] == true));
+    assert!(
+        new_rooms
+            .iter()
+            .all(|r| grown["rooms"][r]["initial"] == true)
+    );
 }

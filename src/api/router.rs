@@ -192,6 +192,32 @@ pub fn build(server: Arc<Server>) -> Router {
         );
     }
 
+    // End-to-end encryption (issue 4)
+    {
+        use super::client::{backup, keys, to_device};
+        r = route_json(r, s, keys::upload);
+        r = route_json(r, s, keys::query);
+        r = route_json(r, s, keys::claim);
+        r = route(r, s, keys::changes);
+        r = route_json(r, s, keys::signing_upload);
+        r = route_json(r, s, keys::signatures_upload);
+        r = route(r, s, to_device::send);
+        r = route_json(r, s, backup::create_version);
+        r = route_json(r, s, backup::latest_version);
+        r = route_json(r, s, backup::get_version);
+        r = route_json(r, s, backup::update_version);
+        r = route_json(r, s, backup::delete_version);
+        r = route_json(r, s, backup::put_keys);
+        r = route_json(r, s, backup::put_room_keys);
+        r = route_json(r, s, backup::put_session_key);
+        r = route_json(r, s, backup::get_keys);
+        r = route_json(r, s, backup::get_room_keys);
+        r = route_json(r, s, backup::get_session_key);
+        r = route_json(r, s, backup::delete_keys);
+        r = route_json(r, s, backup::delete_room_keys);
+        r = route_json(r, s, backup::delete_session_key);
+    }
+
     // Federation endpoints that are served on the client listener for now.
     r = route(r, s, federation::openid::userinfo);
 

@@ -37,6 +37,10 @@ pub static FAMILIES: &[Family] = &[
     Family::new("push", false, 2),
     Family::new("media", false, 2),
     Family::new("directory", false, 2),
+    // End-to-end encryption (issue 4): keys and device lists, to-device inboxes, key backups.
+    Family::new("e2ee", false, 2),
+    Family::new("to_device", false, 2),
+    Family::new("backup", false, 2),
 ];
 
 impl Family {
@@ -196,6 +200,51 @@ catalog! {
     userdir_term in "directory" = 1;
     /// `user_id -> json {displayname, avatar_url, terms}`: a user's user directory entry.
     userdir_user in "directory" = 2;
+
+    // ---- end-to-end encryption (issue 4) ----
+    /// `user_id, device_id -> canonical json`: the device's keys as uploaded, without
+    /// `unsigned` (added when served) and without the signatures from
+    /// `/keys/signatures/upload` (kept in `key_signatures`, merged when served).
+    devicekeys in "e2ee" = 1;
+    /// `user_id, device_id, algorithm, u64 seq, key_id -> json key`: unclaimed one-time keys
+    /// in upload order (`seq` numbers the device's upload calls); `key_id` is what follows
+    /// `algorithm:` in the full key id.
+    onetimekeys in "e2ee" = 2;
+    /// `user_id, device_id, algorithm:key_id -> u64 seq`: which unclaimed key has an id
+    /// (re-uploads of the same id are checked against it).
+    onetimekey_ids in "e2ee" = 3;
+    /// `user_id, device_id -> json OtkMeta {next_seq, counts, cursors}`: unclaimed key counts
+    /// per algorithm and, per algorithm, the last claimed key, so a claim seeks past the
+    /// deleted keys instead of walking their tombstones.
+    onetimekey_meta in "e2ee" = 4;
+    /// `user_id, device_id, algorithm -> json Fallback {key_id, key, used}`
+    fallbackkeys in "e2ee" = 5;
+    /// `user_id, "master" | "self_signing" | "user_signing" -> canonical json`: cross-signing
+    /// keys as uploaded (signatures from `/keys/signatures/upload` are in `key_signatures`).
+    crosssigning_keys in "e2ee" = 6;
+    /// `target_user_id, target (device_id or master public key), signer_user_id, signer_key_id
+    /// -> signature`: signatures uploaded with `/keys/signatures/upload`.
+    key_signatures in "e2ee" = 7;
+    /// `count -> user_id` or `count -> user_id, "self"`: device-list changes (devices, device
+    /// keys, cross-signing keys) in stream order; `self` ones only concern the user's own
+    /// devices (signatures of other users' keys).
+    keychanges in "e2ee" = 8;
+
+    /// `user_id, device_id, count, u64 seq -> json {type, sender, content}`: pending to-device
+    /// messages in stream order, deleted once a sync token acknowledges them.
+    todevice_messages in "to_device" = 1;
+    /// `user_id, device_id -> count`: the device's messages up to here are deleted (reads seek
+    /// past them rather than walking their tombstones).
+    todevice_acked in "to_device" = 2;
+    /// `sender user_id, sender device_id, txn_id -> count`: `/sendToDevice` transactions done.
+    todevice_txns in "to_device" = 3;
+
+    /// `user_id -> u64`: the last key backup version created (versions are never reused).
+    backup_last in "backup" = 1;
+    /// `user_id, u64 version -> json BackupVersion {algorithm, auth_data, etag, count}`
+    backup_versions in "backup" = 2;
+    /// `user_id, u64 version, room_id, session_id -> json KeyBackupData`
+    backup_keys in "backup" = 3;
 }
 
 #[cfg(test)]

@@ -436,15 +436,15 @@ fn list_filter_allows(
     let Some(filters) = filters else { return true };
     let server = ctx.server;
     let maps = &server.maps;
-    if let Some(is_dm) = filters.is_dm {
-        if direct.contains(&entry.room_id) != is_dm {
-            return false;
-        }
+    if let Some(is_dm) = filters.is_dm
+        && direct.contains(&entry.room_id) != is_dm
+    {
+        return false;
     }
-    if let Some(is_invite) = filters.is_invite {
-        if (entry.membership.membership == "invite") != is_invite {
-            return false;
-        }
+    if let Some(is_invite) = filters.is_invite
+        && (entry.membership.membership == "invite") != is_invite
+    {
+        return false;
     }
     if let Some(is_encrypted) = filters.is_encrypted {
         let encrypted = server
@@ -667,10 +667,8 @@ fn room_result(
         .filter(|n| !n.is_empty());
     let name_changed =
         initial || state_key_changed(server, &state_now, previous_state.as_deref(), "m.room.name")?;
-    if name_changed {
-        if let Some(name) = &name {
-            room.insert("name".into(), json!(name));
-        }
+    if name_changed && let Some(name) = &name {
+        room.insert("name".into(), json!(name));
     }
     let avatar_changed = initial
         || state_key_changed(
@@ -679,14 +677,13 @@ fn room_result(
             previous_state.as_deref(),
             "m.room.avatar",
         )?;
-    if avatar_changed {
-        if let Some(avatar) = server
+    if avatar_changed
+        && let Some(avatar) = server
             .rooms
             .state_event(maps, &state_now, &StateEventType::RoomAvatar, "")?
             .and_then(|e| e.content_str("url"))
-        {
-            room.insert("avatar".into(), json!(avatar));
-        }
+    {
+        room.insert("avatar".into(), json!(avatar));
     }
     let members_changed = initial
         || timeline
@@ -853,10 +850,8 @@ fn extension_rooms(
                 .get("lists")
                 .and_then(Value::as_array)
                 .is_some_and(|l| l.iter().any(|n| n == list.as_str()));
-            if in_list {
-                if let Ok(room) = OwnedRoomId::try_from(room.as_str()) {
-                    out.insert(room);
-                }
+            if in_list && let Ok(room) = OwnedRoomId::try_from(room.as_str()) {
+                out.insert(room);
             }
         }
     }

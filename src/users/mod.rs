@@ -326,7 +326,13 @@ impl Users {
             &maps.userdeviceid_device,
             Key::new().s(user.as_str()).s(device_id.as_str()).build(),
         );
-        server.db.commit(batch)
+        // End-to-end encryption (issue 4): the device's keys, one-time keys and pending
+        // to-device messages go in the same batch; the removal is a device-list change that
+        // wakes the user's room-mates once committed.
+        let e2ee = crate::e2ee::remove_device(server, &mut batch, user, device_id)?;
+        server.db.commit(batch)?;
+        e2ee.finish(server);
+        Ok(())
     }
 
     pub fn profile(&self, maps: &Maps, user: &UserId) -> Result<Profile> {

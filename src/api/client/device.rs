@@ -65,6 +65,8 @@ pub async fn update(
         device.display_name = Some(name.clone());
     }
     server.users.update_device(&server, user, &device)?;
+    // The display name is served with the device keys, so other users' clients must re-query.
+    crate::e2ee::device_list_changed(&server, user)?;
     Ok(update_device::v3::Response::new())
 }
 

@@ -3,9 +3,11 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod backup;
 pub mod device;
 pub mod directory;
 pub mod discovery;
+pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
@@ -23,5 +25,6 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
+pub mod to_device;
 pub mod typing;
 pub mod user_directory;
