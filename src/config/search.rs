@@ -24,7 +24,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::new(),
-            commit_interval_ms: 200,
+            commit_interval_ms: 1000,
             writer_memory_mb: 24,
         }
     }

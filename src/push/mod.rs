@@ -16,7 +16,7 @@ use ruma::{
     serde::Raw,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     error::Result,
@@ -41,16 +41,92 @@ pub struct Notification {
     pub ts: u64,
 }
 
-/// Per-room record used for unread counts.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Unread {
+/// A stored notification, kept small because one is written per recipient per event:
+/// `flags | thread root | [0x00 actions-json]`. Flags: bit 0 highlight, bit 1 the default sound
+/// tweak, bit 2 actions that are not the standard shapes (then stored as JSON after a 0x00).
+#[derive(Clone, Debug, PartialEq)]
+struct Stored {
     highlight: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sound: bool,
     thread: Option<String>,
+    custom_actions: Option<Value>,
+}
+
+impl Stored {
+    fn from_actions(actions: &[Action], thread: Option<String>) -> Self {
+        let highlight = actions.iter().any(Action::is_highlight);
+        let sound = actions.iter().any(|a| matches!(a, Action::SetTweak(ruma::push::Tweak::Sound(s)) if s.as_str() == "default"));
+        let stored = Self {
+            highlight,
+            sound,
+            thread,
+            custom_actions: None,
+        };
+        let standard = serde_json::to_value(actions).ok() == Some(stored.actions());
+        if standard {
+            stored
+        } else {
+            Self {
+                custom_actions: serde_json::to_value(actions).ok(),
+                ..stored
+            }
+        }
+    }
+
+    /// The actions, rebuilt from the flags for the standard shapes.
+    fn actions(&self) -> Value {
+        if let Some(actions) = &self.custom_actions {
+            return actions.clone();
+        }
+        let mut actions = vec![json!("notify")];
+        if self.sound {
+            actions.push(json!({ "set_tweak": "sound", "value": "default" }));
+        }
+        if self.highlight {
+            actions.push(json!({ "set_tweak": "highlight" }));
+        }
+        Value::Array(actions)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let flags = u8::from(self.highlight)
+            | (u8::from(self.sound) << 1)
+            | (u8::from(self.custom_actions.is_some()) << 2);
+        let mut out = vec![flags];
+        if let Some(thread) = &self.thread {
+            out.extend_from_slice(thread.as_bytes());
+        }
+        if let Some(actions) = &self.custom_actions {
+            out.push(0);
+            out.extend_from_slice(actions.to_string().as_bytes());
+        }
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Self> {
+        let (&flags, rest) = raw.split_first()?;
+        let (thread, actions) = match rest.iter().position(|b| *b == 0) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        Some(Self {
+            highlight: flags & 1 != 0,
+            sound: flags & 2 != 0,
+            thread: (!thread.is_empty()).then(|| String::from_utf8_lossy(thread).into_owned()),
+            custom_actions: actions.and_then(|a| serde_json::from_slice(a).ok()),
+        })
+    }
+}
+
+/// A user's rules, and whether they are exactly the server defaults for that user.
+#[derive(Clone)]
+pub struct UserRules {
+    pub ruleset: Arc<Ruleset>,
+    pub is_default: bool,
 }
 
 pub struct Push {
-    rulesets: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    rulesets: Mutex<LruCache<OwnedUserId, UserRules>>,
     pub pushers: pushers::Pushers,
     /// Notifications waiting for delivery to push gateways (drained by a background task).
     queue: tokio::sync::mpsc::UnboundedSender<(OwnedUserId, Notification)>,
@@ -91,6 +167,11 @@ impl Push {
 
     /// The user's rules: stored ones, or the spec's defaults.
     pub fn ruleset(&self, maps: &Maps, user: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(self.rules(maps, user)?.ruleset)
+    }
+
+    /// The user's rules with whether they are the defaults (cached).
+    pub fn rules(&self, maps: &Maps, user: &UserId) -> Result<UserRules> {
         if let Some(found) = self.rulesets.lock().get(user) {
             return Ok(found.clone());
         }
@@ -102,16 +183,18 @@ impl Push {
                 .unwrap_or_else(|| Ruleset::server_default(user)),
             None => Ruleset::server_default(user),
         };
-        let ruleset = Arc::new(ruleset);
-        self.rulesets.lock().put(user.to_owned(), ruleset.clone());
-        Ok(ruleset)
+        let rules = user_rules(user, ruleset);
+        self.rulesets.lock().put(user.to_owned(), rules.clone());
+        Ok(rules)
     }
 
     /// Stores changed rules as the `m.push_rules` account data (so clients sync them).
     pub fn save(&self, server: &Server, user: &UserId, ruleset: Ruleset) -> Result<()> {
         let content = serde_json::json!({ "global": ruleset });
         account_data::set(server, user, None, PUSH_RULES, content)?;
-        self.rulesets.lock().put(user.to_owned(), Arc::new(ruleset));
+        self.rulesets
+            .lock()
+            .put(user.to_owned(), user_rules(user, ruleset));
         Ok(())
     }
 
@@ -123,6 +206,18 @@ impl Push {
         Ok(())
     }
 }
+
+fn user_rules(user: &UserId, ruleset: Ruleset) -> UserRules {
+    let is_default = serde_json::to_value(&ruleset).ok()
+        == serde_json::to_value(Ruleset::server_default(user)).ok();
+    UserRules {
+        ruleset: Arc::new(ruleset),
+        is_default,
+    }
+}
+
+/// A user id that stands for "any member on the default rules who is not mentioned".
+const PROBE_LOCALPART: &str = "sparks-push-probe";
 
 /// What an event means for one recipient.
 pub struct Outcome {
@@ -164,6 +259,18 @@ pub fn evaluate(
     let thread =
         crate::rooms::relations::thread_root(maps, &server.rooms, pdu).map(|root| root.to_string());
 
+    // Members on the default rules whom the event does not name (by user id, localpart or
+    // display name) all get the same actions: evaluate those once, for a probe user.
+    let event_text = serde_json::to_string(&event)?.to_lowercase();
+    let context_for = |user: &ruma::OwnedUserId, display_name: String| {
+        let ctx = PushConditionRoomCtx::new(room.clone(), member_count, user.clone(), display_name);
+        match &power_levels {
+            Some(levels) => ctx.with_power_levels(levels.clone()),
+            None => ctx,
+        }
+    };
+    let mut shared: Option<Option<Vec<Action>>> = None;
+
     let mut outcomes = Vec::new();
     for user in members.iter().filter(|m| **m != pdu.sender) {
         let display_name = server
@@ -171,13 +278,29 @@ pub fn evaluate(
             .state_event(maps, state, &StateEventType::RoomMember, user.as_str())?
             .and_then(|member| member.content_str("displayname"))
             .unwrap_or_else(|| user.localpart().to_owned());
-        let mut ctx =
-            PushConditionRoomCtx::new(room.clone(), member_count, user.clone(), display_name);
-        if let Some(levels) = &power_levels {
-            ctx = ctx.with_power_levels(levels.clone());
-        }
-        let ruleset = server.push.ruleset(maps, user)?;
-        let Some(actions) = matching_actions(&ruleset, &flat, &ctx) else {
+        let rules = server.push.rules(maps, user)?;
+        let named = event_text.contains(&user.localpart().to_lowercase())
+            || event_text.contains(&display_name.to_lowercase())
+            || event_text.contains(PROBE_LOCALPART);
+        let actions = if rules.is_default && !named {
+            shared
+                .get_or_insert_with(|| {
+                    let probe = ruma::OwnedUserId::try_from(format!(
+                        "@{PROBE_LOCALPART}:{}",
+                        server.server_name()
+                    ))
+                    .ok()?;
+                    matching_actions(
+                        &Ruleset::server_default(&probe),
+                        &flat,
+                        &context_for(&probe, PROBE_LOCALPART.to_owned()),
+                    )
+                })
+                .clone()
+        } else {
+            matching_actions(&rules.ruleset, &flat, &context_for(user, display_name))
+        };
+        let Some(actions) = actions else {
             continue;
         };
         let notify = actions.iter().any(Action::should_notify);
@@ -193,11 +316,7 @@ pub fn evaluate(
             actions: serde_json::to_value(&actions)?,
             ts: now_ms(),
         };
-        batch.put(
-            &maps.usercount_notification,
-            Key::new().s(user.as_str()).n(count).build(),
-            serde_json::to_vec(&notification)?,
-        );
+        let stored = Stored::from_actions(&actions, thread.clone());
         batch.put(
             &maps.userroomcount_notification,
             Key::new()
@@ -205,10 +324,7 @@ pub fn evaluate(
                 .s(room.as_str())
                 .n(count)
                 .build(),
-            serde_json::to_vec(&Unread {
-                highlight,
-                thread: thread.clone(),
-            })?,
+            stored.encode(),
         );
         outcomes.push(Outcome {
             user: user.clone(),
@@ -328,7 +444,7 @@ pub fn unread_counts(
         let Some(count) = crate::storage::keys::tail_u64(&key) else {
             continue;
         };
-        let Ok(unread) = serde_json::from_slice::<Unread>(&value) else {
+        let Some(unread) = Stored::decode(&value) else {
             continue;
         };
         if count <= read.for_thread(unread.thread.as_deref()) {
@@ -349,30 +465,95 @@ pub fn unread_counts(
     counts
 }
 
-/// A user's notifications, newest first, before stream position `before`.
+/// A user's notifications, newest first, before stream position `before`: the newest of each
+/// joined room's, merged (notifications are stored per room, for the unread counts).
 pub fn notifications(
-    maps: &Maps,
+    server: &Server,
     user: &UserId,
     before: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Notification)>> {
-    let prefix = Key::new().s(user.as_str()).prefix();
-    let from = Key::new()
-        .s(user.as_str())
-        .n(before.saturating_sub(1))
-        .build();
-    let mut out = Vec::new();
-    for (key, value) in maps.usercount_notification.scan_from(prefix, from, false) {
-        let Some(count) = crate::storage::keys::tail_u64(&key) else {
-            continue;
-        };
-        if count >= before {
+    let maps = &server.maps;
+    let mut found: Vec<(u64, ruma::OwnedRoomId, Stored)> = Vec::new();
+    for (room, membership) in server.rooms.rooms_of(maps, user)? {
+        if membership.membership != "join" {
             continue;
         }
-        out.push((count, serde_json::from_slice(&value)?));
-        if out.len() >= limit {
-            break;
+        let prefix = Key::new().s(user.as_str()).s(room.as_str()).prefix();
+        let from = Key::new()
+            .s(user.as_str())
+            .s(room.as_str())
+            .n(before.saturating_sub(1))
+            .build();
+        for (key, value) in maps
+            .userroomcount_notification
+            .scan_from(prefix, from, false)
+            .take(limit)
+        {
+            let (Some(count), Some(stored)) =
+                (crate::storage::keys::tail_u64(&key), Stored::decode(&value))
+            else {
+                continue;
+            };
+            if count < before {
+                found.push((count, room.clone(), stored));
+            }
         }
     }
+    found.sort_by_key(|b| std::cmp::Reverse(b.0));
+    found.truncate(limit);
+    let mut out = Vec::with_capacity(found.len());
+    for (count, room_id, stored) in found {
+        let Some(event_id) = maps
+            .roomcount_eventid
+            .get(Key::new().s(room_id.as_str()).n(count).build())?
+            .map(|raw| crate::rooms::parse_event_id(&raw))
+            .transpose()?
+        else {
+            continue;
+        };
+        let ts = server
+            .rooms
+            .pdu(maps, &event_id)?
+            .map_or(0, |p| u64::from(p.origin_server_ts.0));
+        out.push((
+            count,
+            Notification {
+                room_id,
+                event_id,
+                highlight: stored.highlight,
+                thread: stored.thread.clone(),
+                actions: stored.actions(),
+                ts,
+            },
+        ));
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_notifications_round_trip() {
+        let standard = Stored {
+            highlight: true,
+            sound: true,
+            thread: Some("$root".into()),
+            custom_actions: None,
+        };
+        assert_eq!(Stored::decode(&standard.encode()), Some(standard.clone()));
+        assert_eq!(
+            standard.actions(),
+            json!(["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }])
+        );
+        let custom = Stored {
+            highlight: false,
+            sound: false,
+            thread: None,
+            custom_actions: Some(json!(["notify", { "set_tweak": "x", "value": 1 }])),
+        };
+        assert_eq!(Stored::decode(&custom.encode()), Some(custom));
+    }
 }

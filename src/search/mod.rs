@@ -4,7 +4,8 @@
 //! The event path only queues: [`Search::index_event`] (after every committed event) and
 //! [`Search::remove_event`] (after a redaction) push a small job and return. One background
 //! thread applies the jobs to the tantivy writer and to the user directory, and commits every
-//! `[search] commit_interval_ms` (200 ms) or [`COMMIT_DOCS`] documents, so sends stay fast.
+//! `[search] commit_interval_ms` (1 s) or [`COMMIT_DOCS`] documents, so sends stay fast (a
+//! search commits what is pending first, so nothing sent is missed).
 //! A search first asks for a flush and waits until every job queued before it is committed,
 //! so an event sent just before a search is found.
 //!
@@ -179,6 +180,12 @@ impl Search {
                     path.display()
                 )
             })?;
+        // Fewer, larger merges: each commit makes a segment, and eager merging of small
+        // segments competes with the request path for the CPU under heavy sending.
+        let mut merge_policy = tantivy::merge_policy::LogMergePolicy::default();
+        merge_policy.set_min_num_segments(12);
+        merge_policy.set_min_layer_size(20_000);
+        writer.set_merge_policy(Box::new(merge_policy));
         let reader = opened
             .index
             .reader_builder()

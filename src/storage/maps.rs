@@ -28,18 +28,18 @@ pub static FAMILIES: &[Family] = &[
     Family::new("account_data", false, 2),
     Family::new("rooms", false, 4),
     Family::new("membership", false, 2),
-    Family::new("events", false, 8),
-    Family::new("event_index", false, 8),
-    Family::new("timeline", false, 4),
+    Family::new("events", false, 16),
+    Family::new("event_index", false, 16),
+    Family::new("timeline", false, 8),
     Family::new("state", false, 4),
-    Family::new("relations", false, 2),
-    Family::new("receipts", false, 2),
-    Family::new("push", false, 2),
+    Family::new("relations", false, 4),
+    Family::new("receipts", false, 4),
+    Family::new("push", false, 16),
     Family::new("media", false, 2),
     Family::new("directory", false, 2),
     // End-to-end encryption (issue 4): keys and device lists, to-device inboxes, key backups.
     Family::new("e2ee", false, 2),
-    Family::new("to_device", false, 2),
+    Family::new("to_device", false, 4),
     Family::new("backup", false, 2),
 ];
 
@@ -169,9 +169,8 @@ catalog! {
     own_read in "receipts" = 5;
 
     // ---- push ----
-    /// `user_id, count -> json Notification`: notifications, for `/notifications`.
-    usercount_notification in "push" = 1;
-    /// `user_id, room_id, count -> json {highlight, thread}`: for unread counts after a receipt.
+    /// `user_id, room_id, count -> flags | thread root | [0x00 actions]`: one per notified user
+    /// and event (count = the event's stream position), for unread counts and `/notifications`.
     userroomcount_notification in "push" = 2;
     /// `user_id, app_id, pushkey -> json Pusher`
     userpusher in "push" = 3;

@@ -40,7 +40,8 @@ impl Db {
         db_opts.increase_parallelism(2);
         // Small memtables (arena blocks are 1/8 of this) bounded in total: most maps are tiny,
         // and an idle server should stay within a few tens of MB.
-        db_opts.set_db_write_buffer_size(48 << 20);
+        db_opts.set_db_write_buffer_size(96 << 20);
+        db_opts.set_max_background_jobs(4);
         // The WAL is on by default; never disable it: it is what makes writes survive `kill -9`.
         let descriptors = maps::FAMILIES.iter().map(|family| {
             let mut opts = Options::default();
@@ -50,6 +51,11 @@ impl Db {
             opts.set_block_based_table_factory(&table);
             opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             opts.set_write_buffer_size(family.write_buffer_mb << 20);
+            // Bursts of writes should queue memtables and L0 files rather than stall senders:
+            // RocksDB's slowdown sleeps writers in 1 ms steps, which caps throughput.
+            opts.set_max_write_buffer_number(4);
+            opts.set_level_zero_slowdown_writes_trigger(40);
+            opts.set_level_zero_stop_writes_trigger(64);
             if family.merge_max_u64 {
                 opts.set_merge_operator_associative("max_u64", merge_max_u64);
             }

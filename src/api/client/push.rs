@@ -241,7 +241,7 @@ pub async fn notifications(
     let mut cursor = before;
     let mut next = None;
     'pages: loop {
-        let page = push::notifications(maps, &user, cursor, 100)?;
+        let page = push::notifications(&server, &user, cursor, 100)?;
         if page.is_empty() {
             break;
         }
