@@ -656,6 +656,9 @@ fn room_result(
         }
     }
     if !required.is_empty() || initial {
+        // The create event first: matrix-rust-sdk reads the room version (and in v12 the
+        // creators) from it while it processes the rest of the state.
+        required.sort_by_key(|event| event["type"] != "m.room.create");
         room.insert("required_state".into(), Value::Array(required));
     }
 

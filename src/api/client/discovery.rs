@@ -24,6 +24,8 @@ pub async fn versions(
         "versions": SPEC_VERSIONS,
         "unstable_features": {
             "org.matrix.msc2432": true,
+            // Simplified sliding sync (MSC4186): Element X checks this flag before using it.
+            "org.matrix.simplified_msc3575": true,
             "org.matrix.msc3827": true,
             "org.matrix.msc3827.stable": true,
             "fi.mau.msc2815": false,
