@@ -536,6 +536,47 @@ async fn room_rule_mutes_a_room_but_not_mentions() {
     assert_eq!(counts(&s, &bob, &muted).await, (1, 1));
 }
 
+/// Most members share one stored notification per event; a member who joins later must not
+/// inherit the ones from before their join, and one who leaves and rejoins not those from while
+/// they were away.
+#[tokio::test]
+async fn members_count_only_what_was_sent_while_they_were_joined() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = public_room(&s, &alice, &[&bob]).await;
+    s.send_text(&alice, &room, "before carol").await;
+    s.send_text(&alice, &room, "still before carol").await;
+    let (status, body) = s.join(&carol, &room).await;
+    assert_eq!(status, 200, "{body}");
+    s.send_text(&alice, &room, "carol is here").await;
+    assert_eq!(counts(&s, &bob, &room).await, (3, 0));
+    assert_eq!(counts(&s, &carol, &room).await, (1, 0));
+    let (status, body) = s.get(&format!("{V3}/notifications"), &carol.token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(arr(&body["notifications"]).len(), 1, "{body}");
+
+    let (status, body) = s
+        .post(
+            &format!("{V3}/rooms/{}/leave", enc(&room)),
+            &carol.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.send_text(&alice, &room, "carol is away").await;
+    let (status, body) = s.join(&carol, &room).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        counts(&s, &carol, &room).await,
+        (0, 0),
+        "nothing since the rejoin"
+    );
+    // The sender's own messages never count for them.
+    assert_eq!(counts(&s, &alice, &room).await, (0, 0));
+}
+
 #[tokio::test]
 async fn content_rule_matches_whole_words() {
     let s = TestServer::start().await;

@@ -41,13 +41,21 @@ pub struct Notification {
     pub ts: u64,
 }
 
-/// A stored notification, kept small because one is written per recipient per event:
-/// `flags | thread root | [0x00 actions-json]`. Flags: bit 0 highlight, bit 1 the default sound
-/// tweak, bit 2 actions that are not the standard shapes (then stored as JSON after a 0x00).
+/// A stored notification, kept small: `flags | thread root | [0x00 actions-json]`. Flags: bit 0
+/// highlight, bit 1 the default sound tweak, bit 2 actions that are not the standard shapes
+/// (then stored as JSON after a 0x00), bit 3 "suppressed": this user is not notified although
+/// the room's shared notification says members are.
+///
+/// Most members of a room are on the default rules and not named by an event, so they all get
+/// the same actions: those are stored once per event for the room (`roomcount_notification`,
+/// with the sender, who is never notified). Only members whose outcome can differ (custom rules,
+/// or named in the event) get a row of their own (`userroomcount_notification`), which takes
+/// precedence. A shared row applies to a member only after their latest join.
 #[derive(Clone, Debug, PartialEq)]
 struct Stored {
     highlight: bool,
     sound: bool,
+    suppressed: bool,
     thread: Option<String>,
     custom_actions: Option<Value>,
 }
@@ -59,6 +67,7 @@ impl Stored {
         let stored = Self {
             highlight,
             sound,
+            suppressed: false,
             thread,
             custom_actions: None,
         };
@@ -91,7 +100,8 @@ impl Stored {
     fn encode(&self) -> Vec<u8> {
         let flags = u8::from(self.highlight)
             | (u8::from(self.sound) << 1)
-            | (u8::from(self.custom_actions.is_some()) << 2);
+            | (u8::from(self.custom_actions.is_some()) << 2)
+            | (u8::from(self.suppressed) << 3);
         let mut out = vec![flags];
         if let Some(thread) = &self.thread {
             out.extend_from_slice(thread.as_bytes());
@@ -112,10 +122,35 @@ impl Stored {
         Some(Self {
             highlight: flags & 1 != 0,
             sound: flags & 2 != 0,
+            suppressed: flags & 8 != 0,
             thread: (!thread.is_empty()).then(|| String::from_utf8_lossy(thread).into_owned()),
             custom_actions: actions.and_then(|a| serde_json::from_slice(a).ok()),
         })
     }
+
+    /// A row saying "not notified" for a user the room's shared notification would cover.
+    fn suppressed() -> Self {
+        Self {
+            highlight: false,
+            sound: false,
+            suppressed: true,
+            thread: None,
+            custom_actions: None,
+        }
+    }
+}
+
+/// The room-wide notification of an event: its sender (never notified), then the actions.
+fn encode_shared(sender: &UserId, stored: &Stored) -> Vec<u8> {
+    let mut out = sender.as_str().as_bytes().to_vec();
+    out.push(0);
+    out.extend(stored.encode());
+    out
+}
+
+fn decode_shared(raw: &[u8]) -> Option<(&[u8], Stored)> {
+    let split = raw.iter().position(|b| *b == 0)?;
+    Some((&raw[..split], Stored::decode(&raw[split + 1..])?))
 }
 
 /// A user's rules, and whether they are exactly the server defaults for that user.
@@ -260,7 +295,8 @@ pub fn evaluate(
         crate::rooms::relations::thread_root(maps, &server.rooms, pdu).map(|root| root.to_string());
 
     // Members on the default rules whom the event does not name (by user id, localpart or
-    // display name) all get the same actions: evaluate those once, for a probe user.
+    // display name) all get the same actions: evaluate those once, for a probe user, and store
+    // them once for the room.
     let event_text = serde_json::to_string(&event)?.to_lowercase();
     let context_for = |user: &ruma::OwnedUserId, display_name: String| {
         let ctx = PushConditionRoomCtx::new(room.clone(), member_count, user.clone(), display_name);
@@ -269,7 +305,22 @@ pub fn evaluate(
             None => ctx,
         }
     };
-    let mut shared: Option<Option<Vec<Action>>> = None;
+    let probe = ruma::OwnedUserId::try_from(format!("@{PROBE_LOCALPART}:{}", server.server_name()))
+        .map_err(|e| crate::error::Error::internal(format!("push probe user id: {e}")))?;
+    let shared = matching_actions(
+        &Ruleset::server_default(&probe),
+        &flat,
+        &context_for(&probe, PROBE_LOCALPART.to_owned()),
+    )
+    .filter(|actions| actions.iter().any(Action::should_notify));
+    if let Some(actions) = &shared {
+        let stored = Stored::from_actions(actions, thread.clone());
+        batch.put(
+            &maps.roomcount_notification,
+            Key::new().s(room.as_str()).n(count).build(),
+            encode_shared(&pdu.sender, &stored),
+        );
+    }
 
     let mut outcomes = Vec::new();
     for user in members.iter().filter(|m| **m != pdu.sender) {
@@ -283,53 +334,42 @@ pub fn evaluate(
             || event_text.contains(&display_name.to_lowercase())
             || event_text.contains(PROBE_LOCALPART);
         let actions = if rules.is_default && !named {
-            shared
-                .get_or_insert_with(|| {
-                    let probe = ruma::OwnedUserId::try_from(format!(
-                        "@{PROBE_LOCALPART}:{}",
-                        server.server_name()
-                    ))
-                    .ok()?;
-                    matching_actions(
-                        &Ruleset::server_default(&probe),
-                        &flat,
-                        &context_for(&probe, PROBE_LOCALPART.to_owned()),
-                    )
-                })
-                .clone()
+            shared.clone()
         } else {
-            matching_actions(&rules.ruleset, &flat, &context_for(user, display_name))
+            let own = matching_actions(&rules.ruleset, &flat, &context_for(user, display_name))
+                .filter(|actions| actions.iter().any(Action::should_notify));
+            let row = match &own {
+                Some(actions) => Some(Stored::from_actions(actions, thread.clone())),
+                None => shared.is_some().then(Stored::suppressed),
+            };
+            if let Some(row) = row {
+                batch.put(
+                    &maps.userroomcount_notification,
+                    Key::new()
+                        .s(user.as_str())
+                        .s(room.as_str())
+                        .n(count)
+                        .build(),
+                    row.encode(),
+                );
+            }
+            own
         };
-        let Some(actions) = actions else {
+        // Push gateways only hear about users who have pushers.
+        let Some(actions) = actions.filter(|_| server.push.pushers.has_pushers(maps, user)) else {
             continue;
         };
-        let notify = actions.iter().any(Action::should_notify);
-        if !notify {
-            continue;
-        }
-        let highlight = actions.iter().any(Action::is_highlight);
-        let notification = Notification {
-            room_id: room.clone(),
-            event_id: pdu.event_id.clone(),
-            highlight,
-            thread: thread.clone(),
-            actions: serde_json::to_value(&actions)?,
-            ts: now_ms(),
-        };
-        let stored = Stored::from_actions(&actions, thread.clone());
-        batch.put(
-            &maps.userroomcount_notification,
-            Key::new()
-                .s(user.as_str())
-                .s(room.as_str())
-                .n(count)
-                .build(),
-            stored.encode(),
-        );
         outcomes.push(Outcome {
             user: user.clone(),
-            notification,
-            notify,
+            notification: Notification {
+                room_id: room.clone(),
+                event_id: pdu.event_id.clone(),
+                highlight: actions.iter().any(Action::is_highlight),
+                thread: thread.clone(),
+                actions: serde_json::to_value(&actions)?,
+                ts: now_ms(),
+            },
+            notify: true,
         });
     }
     Ok(outcomes)
@@ -429,24 +469,10 @@ pub fn unread_counts(
         highlights: 0,
         threads: BTreeMap::new(),
     };
-    // Everything up to the unthreaded receipt is read whatever thread it is in.
-    let floor = read.unthreaded;
-    let prefix = Key::new().s(user.as_str()).s(room.as_str()).prefix();
-    let from = Key::new()
-        .s(user.as_str())
-        .s(room.as_str())
-        .n(floor.saturating_add(1))
-        .build();
-    for (key, value) in maps
-        .userroomcount_notification
-        .scan_from(prefix, from, true)
-    {
-        let Some(count) = crate::storage::keys::tail_u64(&key) else {
-            continue;
-        };
-        let Some(unread) = Stored::decode(&value) else {
-            continue;
-        };
+    // Everything up to the unthreaded receipt is read whatever thread it is in, and nothing
+    // from before the user's latest join counts.
+    let floor = read.unthreaded.max(joined_at(maps, room, user));
+    for (count, unread) in room_notifications(maps, user, room, floor, Direction::Forward) {
         if count <= read.for_thread(unread.thread.as_deref()) {
             continue;
         }
@@ -465,8 +491,98 @@ pub fn unread_counts(
     counts
 }
 
+/// The stream position of the user's latest join of the room (0 if unknown).
+fn joined_at(maps: &Maps, room: &RoomId, user: &UserId) -> u64 {
+    maps.roomuserid_membership
+        .get(Key::new().s(room.as_str()).s(user.as_str()).build())
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice::<crate::rooms::Membership>(&raw).ok())
+        .and_then(|m| m.last_join_count)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    /// Ascending, from just after `bound`.
+    Forward,
+    /// Descending, from just before `bound`.
+    Backward,
+}
+
+/// The user's notifications in a room in stream order, merging the room's shared rows with the
+/// user's own (which take precedence; suppressed ones and the user's own events are skipped).
+/// Forward: positions after `bound`; backward: positions before `bound`.
+fn room_notifications<'a>(
+    maps: &'a Maps,
+    user: &'a UserId,
+    room: &RoomId,
+    bound: u64,
+    direction: Direction,
+) -> impl Iterator<Item = (u64, Stored)> + 'a {
+    let forward = direction == Direction::Forward;
+    let start = if forward {
+        bound.saturating_add(1)
+    } else {
+        bound.saturating_sub(1)
+    };
+    let own_prefix = Key::new().s(user.as_str()).s(room.as_str()).prefix();
+    let own_from = Key::new()
+        .s(user.as_str())
+        .s(room.as_str())
+        .n(start)
+        .build();
+    let mut own = maps
+        .userroomcount_notification
+        .scan_from(own_prefix, own_from, forward)
+        .filter_map(|(key, value)| {
+            Some((
+                crate::storage::keys::tail_u64(&key)?,
+                Stored::decode(&value)?,
+            ))
+        })
+        .peekable();
+    let shared_prefix = Key::new().s(room.as_str()).prefix();
+    let shared_from = Key::new().s(room.as_str()).n(start).build();
+    let mut shared = maps
+        .roomcount_notification
+        .scan_from(shared_prefix, shared_from, forward)
+        .filter_map(move |(key, value)| {
+            let count = crate::storage::keys::tail_u64(&key)?;
+            let (sender, stored) = decode_shared(&value)?;
+            (sender != user.as_str().as_bytes()).then_some((count, stored))
+        })
+        .peekable();
+    // `a` comes before `b` in the walk's order.
+    let before = move |a: u64, b: u64| if forward { a < b } else { a > b };
+    std::iter::from_fn(move || {
+        loop {
+            let next = match (own.peek(), shared.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => own.next(),
+                (None, Some(_)) => shared.next(),
+                (Some((o, _)), Some((r, _))) => {
+                    if *o == *r {
+                        shared.next();
+                        own.next()
+                    } else if before(*o, *r) {
+                        own.next()
+                    } else {
+                        shared.next()
+                    }
+                }
+            };
+            match next {
+                Some((_, stored)) if stored.suppressed => continue,
+                Some((count, _)) if !forward && count >= bound => continue,
+                other => return other,
+            }
+        }
+    })
+}
+
 /// A user's notifications, newest first, before stream position `before`: the newest of each
-/// joined room's, merged (notifications are stored per room, for the unread counts).
+/// joined room's, merged.
 pub fn notifications(
     server: &Server,
     user: &UserId,
@@ -479,25 +595,12 @@ pub fn notifications(
         if membership.membership != "join" {
             continue;
         }
-        let prefix = Key::new().s(user.as_str()).s(room.as_str()).prefix();
-        let from = Key::new()
-            .s(user.as_str())
-            .s(room.as_str())
-            .n(before.saturating_sub(1))
-            .build();
-        for (key, value) in maps
-            .userroomcount_notification
-            .scan_from(prefix, from, false)
+        let joined = membership.last_join_count.unwrap_or(0);
+        for (count, stored) in room_notifications(maps, user, &room, before, Direction::Backward)
+            .take_while(|(count, _)| *count > joined)
             .take(limit)
         {
-            let (Some(count), Some(stored)) =
-                (crate::storage::keys::tail_u64(&key), Stored::decode(&value))
-            else {
-                continue;
-            };
-            if count < before {
-                found.push((count, room.clone(), stored));
-            }
+            found.push((count, room.clone(), stored));
         }
     }
     found.sort_by_key(|b| std::cmp::Reverse(b.0));
@@ -540,6 +643,7 @@ mod tests {
         let standard = Stored {
             highlight: true,
             sound: true,
+            suppressed: false,
             thread: Some("$root".into()),
             custom_actions: None,
         };
@@ -551,6 +655,7 @@ mod tests {
         let custom = Stored {
             highlight: false,
             sound: false,
+            suppressed: false,
             thread: None,
             custom_actions: Some(json!(["notify", { "set_tweak": "x", "value": 1 }])),
         };

@@ -1,7 +1,7 @@
 //! Pushers: where to deliver a user's notifications (push gateways, per the push gateway API),
 //! and the delivery itself, with retries and exponential backoff.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,9 @@ const MAX_ATTEMPTS: u32 = 6;
 
 pub struct Pushers {
     client: reqwest::Client,
+    /// Users with at least one pusher, so that notifying a room's members does not look up
+    /// every member's pushers per event. Rebuilt from storage after any change.
+    users: parking_lot::Mutex<Option<Arc<HashSet<OwnedUserId>>>>,
 }
 
 impl Pushers {
@@ -45,7 +48,37 @@ impl Pushers {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self { client }
+        Self {
+            client,
+            users: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether the user has any pusher (from a cached set of such users).
+    pub fn has_pushers(&self, maps: &Maps, user: &UserId) -> bool {
+        let users = {
+            let mut cached = self.users.lock();
+            cached
+                .get_or_insert_with(|| {
+                    Arc::new(
+                        maps.userpusher
+                            .scan_prefix(Vec::new())
+                            .filter_map(|(key, _)| {
+                                let end =
+                                    key.iter().position(|b| *b == crate::storage::keys::SEP)?;
+                                let user = std::str::from_utf8(&key[..end]).ok()?;
+                                OwnedUserId::try_from(user).ok()
+                            })
+                            .collect(),
+                    )
+                })
+                .clone()
+        };
+        users.contains(user)
+    }
+
+    fn invalidate(&self) {
+        *self.users.lock() = None;
     }
 }
 
@@ -103,14 +136,18 @@ pub fn set(server: &Server, user: &UserId, mut pusher: Pusher, append: bool) -> 
         key(user, &pusher.app_id, &pusher.pushkey),
         serde_json::to_vec(&pusher)?,
     );
-    server.db.commit(batch)
+    server.db.commit(batch)?;
+    server.push.pushers.invalidate();
+    Ok(())
 }
 
 pub fn remove(server: &Server, user: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
     server
         .maps
         .userpusher
-        .delete(&server.db, key(user, app_id, pushkey))
+        .delete(&server.db, key(user, app_id, pushkey))?;
+    server.push.pushers.invalidate();
+    Ok(())
 }
 
 /// Sends a notification to each of the user's HTTP pushers, in the background.

@@ -169,8 +169,12 @@ catalog! {
     own_read in "receipts" = 5;
 
     // ---- push ----
-    /// `user_id, room_id, count -> flags | thread root | [0x00 actions]`: one per notified user
-    /// and event (count = the event's stream position), for unread counts and `/notifications`.
+    /// `room_id, count -> sender 0x00 flags | thread root | [0x00 actions]`: the notification
+    /// every local member on the default rules whom the event does not name gets (count = the
+    /// event's stream position), for unread counts and `/notifications` (see push::Stored).
+    roomcount_notification in "push" = 1;
+    /// `user_id, room_id, count -> flags | thread root | [0x00 actions]`: a member's own
+    /// outcome where it can differ from the room's (custom rules, named in the event).
     userroomcount_notification in "push" = 2;
     /// `user_id, app_id, pushkey -> json Pusher`
     userpusher in "push" = 3;
