@@ -1,9 +1,9 @@
 //! The `e2ee` tests: `/keys/claim` throughput and to-device delivery latency.
 //!
-//! Claim: one device uploads `--claim-keys` one-time keys (unsigned `curve25519` keys, which
+//! Claim: devices (500 keys each, Synapse's limit) upload `--claim-keys` one-time keys (unsigned `curve25519` keys, which
 //! need no client-side signing), then `--claim-concurrency` other users claim them as fast as
 //! they can; every key must come out exactly once. To-device: a message sent to a device
-//! whose owner long-polls `/sync`; measured from the send's 200 to the sync returning with it.
+//! whose owner long-polls `/sync`; measured from issuing the send to the sync returning with it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct E2eeResult {
     pub to_device_p99_ms: f64,
 }
 
+/// Most unclaimed one-time keys one device may hold on Synapse.
+const PER_DEVICE: usize = 500;
+
 /// A 43-character unpadded base64 string standing in for a Curve25519 public key.
 fn fake_key(i: usize) -> String {
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -44,15 +47,23 @@ fn fake_key(i: usize) -> String {
 pub async fn e2ee_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<E2eeResult> {
     let keys = a.claim_keys.max(1);
     let conc = a.claim_concurrency.max(1);
-    eprintln!("[{}] e2ee: uploading {keys} one-time keys", a.name);
-    let owner = register_many(hs, prefix, "keyowner", 1, 1).await?.remove(0);
-    let owner_device = whoami_device(hs, &owner.token).await?;
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
-        let otks: serde_json::Map<String, Value> =
-            chunk.iter().map(|i| (format!("curve25519:K{i:07}"), json!(fake_key(*i)))).collect();
+    // Synapse refuses to hold more than 500 unclaimed one-time keys per device, so the keys are
+    // spread over enough owners (claim i goes to owner i % owners, which holds exactly those).
+    let owners_n = keys.div_ceil(PER_DEVICE);
+    eprintln!("[{}] e2ee: uploading {keys} one-time keys over {owners_n} devices", a.name);
+    let owners = register_many(hs, prefix, "keyowner", owners_n, a.setup_concurrency).await?;
+    let mut targets = Vec::with_capacity(owners_n);
+    for (j, owner) in owners.iter().enumerate() {
+        let device = whoami_device(hs, &owner.token).await?;
+        let otks: serde_json::Map<String, Value> = (j..keys)
+            .step_by(owners_n)
+            .map(|i| (format!("curve25519:K{i:07}"), json!(fake_key(i))))
+            .collect();
         hs.call(Method::POST, "/_matrix/client/v3/keys/upload", Some(&owner.token), Some(&json!({ "one_time_keys": otks })))
             .await?;
+        targets.push((owner.user_id.clone(), device));
     }
+    let targets = Arc::new(targets);
 
     let claimers = Arc::new(register_many(hs, prefix, "claimer", conc, a.setup_concurrency).await?);
     let claimed: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(std::sync::Mutex::new(Vec::with_capacity(keys)));
@@ -61,15 +72,13 @@ pub async fn e2ee_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<E2eeRe
         let hs = hs.clone();
         let claimers = claimers.clone();
         let claimed = claimed.clone();
-        let owner_id = owner.user_id.clone();
-        let owner_device = owner_device.clone();
+        let targets = targets.clone();
         move |i| {
             let hs = hs.clone();
             let claimer = claimers[i % claimers.len()].clone();
             let claimed = claimed.clone();
+            let (owner_id, owner_device) = targets[i % targets.len()].clone();
             let body = json!({ "one_time_keys": { owner_id.clone(): { owner_device.clone(): "curve25519" } } });
-            let owner_id = owner_id.clone();
-            let owner_device = owner_device.clone();
             async move {
                 let response = hs.call(Method::POST, "/_matrix/client/v3/keys/claim", Some(&claimer.token), Some(&body)).await?;
                 let key_ids: Vec<String> = response["one_time_keys"][&owner_id][&owner_device]
@@ -114,8 +123,9 @@ pub async fn e2ee_test(hs: &Arc<Hs>, a: &RunArgs, prefix: &str) -> Result<E2eeRe
         tokio::time::sleep(Duration::from_millis(a.wake_settle_ms)).await;
         let path = format!("/_matrix/client/v3/sendToDevice/{}/{}", enc("org.example.ping"), enc(&format!("td-{i}")));
         let body = json!({ "messages": { receiver.user_id.clone(): { receiver_device.clone(): { "n": i } } } });
-        hs.call(Method::PUT, &path, Some(&sender.token), Some(&body)).await?;
+        // From issuing the send (the sync may return before the send's response arrives).
         let sent = Instant::now();
+        hs.call(Method::PUT, &path, Some(&sender.token), Some(&body)).await?;
         let (result, received) = poll.await.map_err(|e| format!("task panicked: {e}"))?;
         let (v, _) = result?;
         since = str_field(&v, "next_batch", "/sync")?;
