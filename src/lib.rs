@@ -6,10 +6,12 @@
 //! - [`storage`]: typed maps over RocksDB column families.
 
 pub mod api;
+pub mod cidr;
 pub mod config;
 pub mod directory;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod push;
 pub mod ratelimit;
@@ -34,6 +36,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", server.config.listen.client))?;
     spawn_background(&server);
+    let federation = start_federation_listener(&server).await?;
     let app = api::router::build(server.clone());
     tracing::info!(
         server_name = %server.server_name(),
@@ -66,9 +69,45 @@ pub async fn run(config: Config) -> Result<(), String> {
             tokio::time::sleep(Duration::from_secs(5)).await;
         } => tracing::warn!("connections still open after 5 s; closing them"),
     }
+    if let Some(handle) = federation {
+        handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    }
     server.db.flush();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the federation listener (TLS) when `[listen] federation` is set; serves it in the
+/// background. Returns its handle for shutdown.
+async fn start_federation_listener(
+    server: &Arc<Server>,
+) -> Result<Option<axum_server::Handle<SocketAddr>>, String> {
+    let Some(addr) = server.config.listen.federation else {
+        return Ok(None);
+    };
+    let tls = federation::tls::server_config(server).map_err(|e| e.to_string())?;
+    // Bound here, not inside the task, so a port in use stops the start with a clear error.
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} (federation): {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("federation listener: {e}"))?;
+    let handle = axum_server::Handle::new();
+    let app = api::federation::router(server.clone());
+    let serve = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .map_err(|e| format!("federation listener: {e}"))?
+    .handle(handle.clone())
+    .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "federation listener stopped");
+        }
+    });
+    tracing::info!(federation = %addr, "federation listener (TLS) ready");
+    Ok(Some(handle))
 }
 
 fn spawn_background(server: &Arc<Server>) {

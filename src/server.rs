@@ -33,6 +33,7 @@ pub struct Server {
     /// Sliding sync connections and what each was sent.
     pub sliding: crate::sync::sliding::Connections,
     pub search: crate::search::Search,
+    pub federation: crate::federation::Federation,
     pub started_at: std::time::Instant,
     /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -47,6 +48,7 @@ impl Server {
         let ratelimit = RateLimiter::new(&config.ratelimit);
         let media = crate::media::Media::open(&config.media)?;
         let search = crate::search::Search::open(&config)?;
+        let federation = crate::federation::Federation::new(&config)?;
         Ok(Arc::new(Self {
             config,
             db,
@@ -63,6 +65,7 @@ impl Server {
             presence: Default::default(),
             sliding: Default::default(),
             search,
+            federation,
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }))

@@ -185,8 +185,8 @@ fn unknown_keys_are_refused() {
         &["enable"],
     );
     assert_refused(
-        &format!("{BASE}[listen]\nclient = \"127.0.0.1:{{port}}\"\nfederation = \"127.0.0.1:1\"\n"),
-        &["federation"],
+        &format!("{BASE}[listen]\nclient = \"127.0.0.1:{{port}}\"\nfederaton = \"127.0.0.1:1\"\n"),
+        &["federaton"],
     );
     assert_refused(
         &format!("{BASE}[nosuchsection]\nx = 1\n"),
@@ -207,6 +207,14 @@ fn invalid_values_are_refused() {
     assert_refused(
         &format!("{BASE}default_room_version = \"999\"\n"),
         &["default_room_version"],
+    );
+    assert_refused(
+        &format!("{BASE}[federation]\nip_range_denylist = [\"10.0.0.0/33\"]\n"),
+        &["federation.ip_range_denylist"],
+    );
+    assert_refused(
+        &format!("{BASE}[federation]\ntls_certificate = \"/x.pem\"\n"),
+        &["tls_private_key"],
     );
 }
 

@@ -234,7 +234,14 @@ pub fn build(server: Arc<Server>) -> Router {
             get(|State(server): State<Arc<Server>>| async move {
                 Json(discovery::well_known_server(&server))
             }),
-        )
+        );
+    finish(r, server)
+}
+
+/// The fallbacks (`404`/`405 M_UNRECOGNIZED`), request logs, panic catching and CORS every
+/// listener's router gets.
+pub fn finish(r: Router<Arc<Server>>, server: Arc<Server>) -> Router {
+    let r = r
         .fallback(|| async { Error::unrecognized("Unrecognized request") })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() });
 

@@ -74,9 +74,18 @@ pub struct Ruma<R> {
     pub json: Bytes,
     /// The raw query string, for parameters whose presence matters (ruma only gives values).
     pub query: String,
+    /// The server that signed a federation request (endpoints with `X-Matrix` auth).
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<R> Ruma<R> {
+    /// The origin server of a federation request.
+    pub fn origin(&self) -> Result<&ruma::ServerName> {
+        self.origin
+            .as_deref()
+            .ok_or_else(|| Error::forbidden("Not a signed federation request"))
+    }
+
     /// The authenticated user (only `None` on endpoints without required auth).
     pub fn user(&self) -> Result<&UserId> {
         self.session
@@ -207,6 +216,19 @@ where
         let token = access_token(&parts);
         let body = read_body(server, &parts, body, server.config.limits.max_request_body).await?;
 
+        let origin = match <R::Authentication as AuthRequirement>::KIND {
+            AuthKind::Server => Some(
+                crate::federation::authenticate(
+                    server,
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    &body,
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         let session = match (<R::Authentication as AuthRequirement>::KIND, token) {
             (AuthKind::Required, None) => return Err(Error::missing_token("Missing access token")),
             (AuthKind::Required | AuthKind::Optional, Some(token)) => {
@@ -244,6 +266,7 @@ where
             client,
             json: body,
             query,
+            origin,
         })
     }
 }

@@ -101,7 +101,7 @@ impl MediaConfig {
         ] {
             for range in list {
                 range
-                    .parse::<crate::media::cidr::IpRange>()
+                    .parse::<crate::cidr::IpRange>()
                     .map_err(|e| ConfigError(format!("media.{key}: {e}")))?;
             }
         }

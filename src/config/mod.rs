@@ -4,6 +4,7 @@
 //! Each domain has its own small struct in its own file; this file only assembles and validates
 //! them. Every key is documented with its default in `config.example.toml`.
 
+mod federation;
 mod limits;
 mod listen;
 mod log;
@@ -23,6 +24,7 @@ use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    federation::FederationConfig,
     limits::LimitsConfig,
     listen::ListenConfig,
     log::{LogConfig, LogFormat},
@@ -54,6 +56,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub media: MediaConfig,
     pub search: SearchConfig,
+    pub federation: FederationConfig,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             media: MediaConfig::default(),
             search: SearchConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -89,6 +93,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "storage",
     "media",
     "search",
+    "federation",
 ];
 
 /// A configuration the server refuses to start with, naming the key and the reason.
@@ -146,6 +151,7 @@ impl Config {
         self.ratelimit.validate()?;
         self.media.validate()?;
         self.search.validate()?;
+        self.federation.validate()?;
         if !self.public_base_url.is_empty() && !self.public_base_url.starts_with("http") {
             return Err(ConfigError(
                 "public_base_url: must start with http:// or https://".into(),

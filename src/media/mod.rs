@@ -6,12 +6,11 @@
 //! - [`upload`]: direct and asynchronous (`create` then `PUT`) uploads, and finding media for a
 //!   download, waiting for content that is announced but not uploaded yet.
 //! - [`thumbnail`]: decoding, crop/scale, encoding, cached per size and method.
-//! - [`preview`]: URL previews (OpenGraph) behind an SSRF guard ([`cidr`]).
+//! - [`preview`]: URL previews (OpenGraph) behind an SSRF guard ([`crate::cidr`]).
 //! - [`headers`]: content type, disposition and security headers of served media.
 //!
 //! Only local media exists for now: media of other servers needs federation.
 
-pub mod cidr;
 pub mod headers;
 mod html;
 pub mod preview;
@@ -77,7 +76,7 @@ pub fn valid_media_id(media_id: &str) -> bool {
 impl Media {
     /// Prepares the service. Nothing is created on disk until the first upload.
     pub fn open(config: &MediaConfig) -> Result<Self, String> {
-        let filter = cidr::IpFilter::new(
+        let filter = crate::cidr::IpFilter::new(
             &config.url_preview_ip_range_denylist,
             &config.url_preview_ip_range_allowlist,
         )

@@ -9,21 +9,18 @@
 //! `url_preview_timeout_ms`. Results are cached for the hour (`url_preview`).
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use http::StatusCode;
-use reqwest::{
-    Url,
-    dns::{Addrs, Name, Resolve, Resolving},
-    header,
-};
+use reqwest::{Url, header};
 use ruma::UserId;
 use serde_json::{Map, Value};
 
-use super::{Media, cidr::IpFilter, html};
+use super::{Media, html};
+use crate::cidr::{GuardedResolver, IpFilter, Refused};
 use crate::{
     error::{Error, Result},
     server::Server,
@@ -44,47 +41,6 @@ pub struct Previewer {
     filter: Arc<IpFilter>,
     /// Built on first use: building a TLS client costs more than the whole server start.
     client: OnceLock<std::result::Result<reqwest::Client, String>>,
-}
-
-/// The error our resolver returns when a name resolves only to refused addresses; found again
-/// in reqwest's error chain to answer 403.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} resolves only to addresses previews may not reach",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for Refused {}
-
-/// Resolves host names, keeping only the addresses the filter allows.
-struct GuardedResolver {
-    filter: Arc<IpFilter>,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let filter = self.filter.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|addr| filter.allows(addr.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
-    }
 }
 
 fn refused(what: impl std::fmt::Display) -> Error {
@@ -128,9 +84,7 @@ impl Previewer {
                 reqwest::Client::builder()
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy()
-                    .dns_resolver(Arc::new(GuardedResolver {
-                        filter: self.filter.clone(),
-                    }))
+                    .dns_resolver(Arc::new(GuardedResolver::new(self.filter.clone())))
                     .connect_timeout(timeout)
                     .user_agent(USER_AGENT)
                     .build()

@@ -41,6 +41,8 @@ pub static FAMILIES: &[Family] = &[
     Family::new("e2ee", false, 2),
     Family::new("to_device", false, 4),
     Family::new("backup", false, 2),
+    // Federation (issue 5): other servers' keys.
+    Family::new("federation", false, 2),
 ];
 
 impl Family {
@@ -248,6 +250,11 @@ catalog! {
     backup_versions in "backup" = 2;
     /// `user_id, u64 version, room_id, session_id -> json KeyBackupData`
     backup_keys in "backup" = 3;
+
+    // ---- federation ----
+    /// `server_name -> json {document, expires_ts}`: another server's key document (checked:
+    /// self-signed), trusted until `expires_ts`.
+    servername_keys in "federation" = 1;
 }
 
 #[cfg(test)]

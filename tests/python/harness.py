@@ -35,9 +35,9 @@ def hs_impl() -> str:
     return impl
 
 
-def free_port() -> int:
+def free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((ip, 0))
         return s.getsockname()[1]
 
 
@@ -61,11 +61,24 @@ class Homeserver:
     """One running homeserver process. Use ``start()`` / ``stop()`` or as a
     context manager."""
 
-    def __init__(self, impl: str | None = None, server_name: str | None = None):
+    def __init__(self, impl: str | None = None, server_name: str | None = None,
+                 federation_ip: str | None = None):
+        """With ``federation_ip`` (an address in 127.0.0.0/8 of its own) the server also
+        federates: its name is ``<ip>:<federation port>`` (an IP literal with an explicit
+        port, so no discovery is needed), TLS is self-signed and peers' certificates are not
+        checked, and loopback peers are allowed (see ../shared/reference/federation-loopback.md)."""
         self.impl = impl or hs_impl()
-        self.server_name = server_name or os.environ.get("HS_SERVER_NAME", "localhost")
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ip = federation_ip or "127.0.0.1"
+        self.port = free_port(self.ip)
+        self.federation_port = free_port(self.ip) if federation_ip else None
+        if federation_ip:
+            self.server_name = f"{federation_ip}:{self.federation_port}"
+        else:
+            self.server_name = server_name or os.environ.get("HS_SERVER_NAME", "localhost")
+        self.base_url = f"http://{self.ip}:{self.port}"
+        self.federation_url = (
+            f"https://{self.ip}:{self.federation_port}" if federation_ip else None
+        )
         self.tmp = Path(tempfile.mkdtemp(prefix=f"hs-{self.impl}-"))
         self.log_path = self.tmp / f"{self.impl}.log"
         self.proc: subprocess.Popen | None = None
@@ -85,11 +98,15 @@ class Homeserver:
             f"server_name = {q(self.server_name)}\n"
             f"database_path = {q(str(self.tmp / 'db'))}\n"
             "\n[listen]\n"
-            f"client = {q(f'127.0.0.1:{self.port}')}\n"
-            "\n[registration]\n"
+            f"client = {q(f'{self.ip}:{self.port}')}\n"
+            + (f"federation = {q(f'{self.ip}:{self.federation_port}')}\n"
+               if self.federation_port else "")
+            + "\n[registration]\n"
             "enabled = true\n"
             "\n[ratelimit]\n"
             "enabled = false\n"
+            + ("\n[federation]\nverify_certificates = false\nip_range_denylist = []\n"
+               if self.federation_port else "")
         )
         return [str(binary), "--config", str(cfg)]
 
@@ -109,14 +126,14 @@ pid_file: "{tmp / 'homeserver.pid'}"
 public_baseurl: "{self.base_url}/"
 listeners:
   - port: {self.port}
-    bind_addresses: ["127.0.0.1"]
+    bind_addresses: ["{self.ip}"]
     type: http
     tls: false
     x_forwarded: false
     resources:
       - names: [client]
         compress: false
-database:
+{self._synapse_federation_yaml()}database:
   name: sqlite3
   args:
     database: "{tmp / 'homeserver.db'}"
@@ -131,7 +148,6 @@ macaroon_secret_key: "{secrets.token_hex(16)}"
 form_secret: "{secrets.token_hex(16)}"
 trusted_key_servers: []
 suppress_key_server_warning: true
-federation_domain_whitelist: []
 presence:
   enabled: true
 url_preview_enabled: false
@@ -168,6 +184,34 @@ rc_federation:
 """
         )
         return [sys.executable, "-m", "synapse.app.homeserver", "-c", str(cfg)]
+
+    def _synapse_federation_yaml(self) -> str:
+        """Synapse's TLS federation listener and loopback federation settings (or, without
+        federation, a whitelist that allows no other server)."""
+        if not self.federation_port:
+            return "federation_domain_whitelist: []\n"
+        cert, key = self.tmp / "tls.crt", self.tmp / "tls.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={self.ip}",
+             "-addext", f"subjectAltName=IP:{self.ip},DNS:localhost"],
+            check=True, capture_output=True,
+        )
+        return f"""\
+  - port: {self.federation_port}
+    bind_addresses: ["{self.ip}"]
+    type: http
+    tls: true
+    resources:
+      - names: [federation]
+        compress: false
+tls_certificate_path: "{cert}"
+tls_private_key_path: "{key}"
+federation_verify_certificates: false
+ip_range_blacklist: []
+ip_range_whitelist: ["127.0.0.0/8"]
+allow_public_rooms_over_federation: true
+"""
 
     # ---- lifecycle -------------------------------------------------------
 

@@ -25,9 +25,7 @@ const MAX_PROFILE_BYTES: usize = 64 * 1024;
 
 fn profile_of(server: &Server, user: &UserId) -> Result<Profile> {
     if !server.is_local(user.server_name()) {
-        return Err(Error::not_found(
-            "Profiles of users on other servers need federation, which is not supported yet",
-        ));
+        return Err(Error::not_found("User is not on this server"));
     }
     if !server.users.exists(&server.maps, user)? {
         return Err(Error::not_found("User not found"));
@@ -39,15 +37,44 @@ fn profile_json(profile: &Profile) -> Value {
     serde_json::to_value(profile).unwrap_or_else(|_| json!({}))
 }
 
+/// A profile as JSON: ours from storage, another server's over federation.
+async fn profile_value(server: &Arc<Server>, user: &UserId) -> Result<Value> {
+    if server.is_local(user.server_name()) {
+        return Ok(profile_json(&profile_of(server, user)?));
+    }
+    if !crate::federation::enabled(server) {
+        return Err(Error::not_found(
+            "User is on another server and this server does not federate",
+        ));
+    }
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        crate::federation::encode(user.as_str())
+    );
+    let profile = server
+        .federation
+        .client
+        .send(server, user.server_name(), http::Method::GET, &path, None)
+        .await?;
+    // Only the fields a profile has, whatever else the other server sent.
+    match profile {
+        Value::Object(fields) => Ok(Value::Object(fields)),
+        _ => Err(crate::federation::remote_error(
+            user.server_name(),
+            "profile is not an object",
+        )),
+    }
+}
+
 pub async fn get(server: Arc<Server>, request: Ruma<get_profile::v3::Request>) -> Result<Value> {
-    Ok(profile_json(&profile_of(&server, &request.body.user_id)?))
+    profile_value(&server, &request.body.user_id).await
 }
 
 pub async fn get_field(
     server: Arc<Server>,
     request: Ruma<get_profile_field::v3::Request>,
 ) -> Result<Value> {
-    let profile = profile_json(&profile_of(&server, &request.body.user_id)?);
+    let profile = profile_value(&server, &request.body.user_id).await?;
     let field = request.body.field.as_str();
     match profile.get(field) {
         Some(value) => Ok(json!({ field: value })),

@@ -1,7 +1,14 @@
-//! IP ranges in CIDR notation and the filter URL previews apply to every address they would
-//! connect to (SSRF protection).
+//! IP ranges in CIDR notation, and the filter that URL previews and outbound federation apply to
+//! every address they would connect to (SSRF protection).
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::Arc,
+};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Ranges a URL preview never connects to unless an allowlist says otherwise: everything that
 /// is not the public internet.
@@ -142,8 +149,64 @@ impl IpFilter {
         Ok(Self { deny, allow })
     }
 
+    /// Exactly the ranges in `deny` (no built-in ones): `[]` allows everything.
+    pub fn only(deny: &[String]) -> Result<Self, InvalidRange> {
+        let deny = deny
+            .iter()
+            .map(|r| r.parse::<IpRange>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            deny,
+            allow: Vec::new(),
+        })
+    }
+
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.allow.iter().any(|r| r.contains(ip)) || !self.deny.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// The error [`GuardedResolver`] returns when a name resolves only to refused addresses; callers
+/// find it again in reqwest's error chain to answer 403.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} resolves only to refused addresses", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A reqwest resolver that returns only the addresses the filter allows, so the connection goes
+/// to an address that was checked (no DNS rebinding between check and connect).
+pub struct GuardedResolver {
+    filter: Arc<IpFilter>,
+}
+
+impl GuardedResolver {
+    pub fn new(filter: Arc<IpFilter>) -> Self {
+        Self { filter }
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let filter = self.filter.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|addr| filter.allows(addr.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
     }
 }
 

@@ -1,0 +1,47 @@
+//! Queries other servers make about our users and aliases: `GET /_matrix/federation/v1/query/
+//! profile` and `.../query/directory`.
+
+use std::sync::Arc;
+
+use ruma::api::federation::query::{get_profile_information, get_room_information};
+use serde_json::{Value, json};
+
+use crate::{
+    api::ruma::Ruma,
+    error::{Error, Result},
+    server::Server,
+};
+
+pub async fn profile(
+    server: Arc<Server>,
+    request: Ruma<get_profile_information::v1::Request>,
+) -> Result<Value> {
+    let user = &request.body.user_id;
+    if !server.is_local(user.server_name()) {
+        return Err(Error::invalid_param("User is not on this server"));
+    }
+    if !server.users.exists(&server.maps, user)? {
+        return Err(Error::not_found("User not found"));
+    }
+    let profile = serde_json::to_value(server.users.profile(&server.maps, user)?)?;
+    match &request.body.field {
+        Some(field) => match profile.get(field.as_str()) {
+            Some(value) => Ok(json!({ field.as_str(): value })),
+            None => Ok(json!({})),
+        },
+        None => Ok(profile),
+    }
+}
+
+pub async fn directory(
+    server: Arc<Server>,
+    request: Ruma<get_room_information::v1::Request>,
+) -> Result<Value> {
+    let alias = &request.body.room_alias;
+    if !server.is_local(alias.server_name()) {
+        return Err(Error::invalid_param("Alias is not on this server"));
+    }
+    let room = crate::rooms::alias::resolve_local(&server, alias)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    Ok(json!({ "room_id": room.room_id, "servers": [server.server_name()] }))
+}

@@ -1,0 +1,248 @@
+//! Outbound federation HTTP: server discovery, `X-Matrix` signing, and the guards every
+//! request passes (address denylist, certificate verification, time limit).
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use ruma::{OwnedServerName, ServerName};
+use serde_json::Value;
+use sparks_federation::discovery::{self, Destination, Step};
+
+use super::remote_error;
+use crate::{
+    cidr::{GuardedResolver, IpFilter},
+    config::FederationConfig,
+    error::{Error, Result},
+    server::Server,
+};
+
+/// How long a resolved destination is reused.
+const RESOLVE_TTL: Duration = Duration::from_secs(60 * 60);
+/// Largest response body we read from another server.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct Client {
+    filter: Arc<IpFilter>,
+    verify_certificates: bool,
+    timeout: Duration,
+    /// Built on first use: building a TLS client costs more than the whole server start.
+    http: OnceLock<std::result::Result<reqwest::Client, String>>,
+    resolved: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
+}
+
+impl Client {
+    pub fn new(config: &FederationConfig) -> Result<Self, String> {
+        let filter = IpFilter::only(&config.ip_range_denylist)
+            .map_err(|e| format!("federation.ip_range_denylist: {e}"))?;
+        Ok(Self {
+            filter: Arc::new(filter),
+            verify_certificates: config.verify_certificates,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            http: OnceLock::new(),
+            resolved: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client> {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .dns_resolver(Arc::new(GuardedResolver::new(self.filter.clone())))
+                    .tls_danger_accept_invalid_certs(!self.verify_certificates)
+                    .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+                    .timeout(self.timeout)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .user_agent(concat!("Sparks/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::internal(format_args!("federation HTTP client: {e}")))
+    }
+
+    /// Where to reach `name` (server discovery), cached for an hour.
+    pub async fn resolve(&self, name: &ServerName) -> Result<Destination> {
+        if let Some((found, at)) = self.resolved.lock().get(name).cloned()
+            && at.elapsed() < RESOLVE_TTL
+        {
+            return Ok(found);
+        }
+        let mut step = discovery::start(name.as_str())
+            .ok_or_else(|| remote_error(name, "not a valid server name"))?;
+        let destination = loop {
+            step = match step {
+                Step::Connect(destination) => break destination,
+                Step::WellKnown { host } => {
+                    let delegated = self.well_known(&host).await;
+                    discovery::after_well_known(name.as_str(), delegated.as_deref())
+                        .ok_or_else(|| remote_error(name, "not a valid server name"))?
+                }
+                // SRV records need a DNS client the dependency set does not have yet; without
+                // one the spec's fallback applies: the name itself on port 8448.
+                Step::Srv {
+                    name: host,
+                    host_header,
+                } => Step::Connect(discovery::after_srv(&host, &host_header, None)),
+            };
+        };
+        self.resolved
+            .lock()
+            .insert(name.to_owned(), (destination.clone(), Instant::now()));
+        Ok(destination)
+    }
+
+    /// `m.server` from `https://{host}/.well-known/matrix/server`, if there is a valid one.
+    async fn well_known(&self, host: &str) -> Option<String> {
+        let url = format!("https://{host}/.well-known/matrix/server");
+        let response = self.http().ok()?.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = response.bytes().await.ok()?;
+        let value: Value = serde_json::from_slice(&body).ok()?;
+        value["m.server"].as_str().map(str::to_owned)
+    }
+
+    fn url(&self, destination: &Destination, path: &str) -> Result<String> {
+        if let Ok(ip) = destination.host.parse::<IpAddr>()
+            && !self.filter.allows(ip)
+        {
+            return Err(Error::forbidden(format!(
+                "federation to {ip} is refused by [federation] ip_range_denylist"
+            )));
+        }
+        let host = match destination.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => format!("[{}]", destination.host),
+            _ => destination.host.clone(),
+        };
+        Ok(format!("https://{host}:{}{path}", destination.port))
+    }
+
+    /// An unauthenticated GET (key documents).
+    pub async fn get_unsigned(&self, destination: &ServerName, path: &str) -> Result<Value> {
+        let target = self.resolve(destination).await?;
+        let url = self.url(&target, path)?;
+        let response = self
+            .http()?
+            .get(url)
+            .header(http::header::HOST, &target.host_header)
+            .send()
+            .await
+            .map_err(|e| remote_error(destination, describe(&e)))?;
+        read_json(destination, response).await
+    }
+
+    /// A request signed with our key (`X-Matrix`); the parsed JSON answer, or the remote error.
+    pub async fn send(
+        &self,
+        server: &Server,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        if server.is_local(destination) {
+            return Err(Error::invalid_param(
+                "a federation request to ourselves is a bug",
+            ));
+        }
+        let target = self.resolve(destination).await?;
+        let url = self.url(&target, path_and_query)?;
+        let bytes = match body {
+            Some(body) => serde_json::to_vec(body)?,
+            None => Vec::new(),
+        };
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(path_and_query)
+            .body(bytes)
+            .map_err(|e| Error::internal(format_args!("federation request: {e}")))?;
+        sparks_federation::auth::sign_request(
+            &mut request,
+            server.server_name(),
+            destination,
+            &server.signing_key,
+        )
+        .map_err(|e| Error::internal(format_args!("signing: {e}")))?;
+        let (parts, bytes) = request.into_parts();
+        let mut outbound = self
+            .http()?
+            .request(method, url)
+            .header(http::header::HOST, &target.host_header);
+        if let Some(auth) = parts.headers.get(http::header::AUTHORIZATION) {
+            outbound = outbound.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        if body.is_some() {
+            outbound = outbound
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let response = outbound
+            .send()
+            .await
+            .map_err(|e| remote_error(destination, describe(&e)))?;
+        read_json(destination, response).await
+    }
+}
+
+/// A reqwest error with its causes (they say what actually failed: TLS, refused address ...).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The answer's JSON; a non-2xx answer becomes an error carrying the remote errcode when it
+/// is one of ours to pass on (not found, forbidden), else a 502.
+async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
+    let status = response.status();
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(remote_error(destination, "response too large"));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| remote_error(destination, describe(&e)))?;
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(remote_error(destination, "response too large"));
+    }
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status.is_success() {
+        if value.is_null() {
+            return Err(remote_error(destination, "answer is not JSON"));
+        }
+        return Ok(value);
+    }
+    let errcode = value["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
+    let message = value["error"].as_str().unwrap_or_default().to_owned();
+    match status.as_u16() {
+        403 | 404 => Err(Error::new(
+            status,
+            match errcode.as_str() {
+                "M_FORBIDDEN" => "M_FORBIDDEN",
+                "M_NOT_FOUND" => "M_NOT_FOUND",
+                _ => "M_UNKNOWN",
+            },
+            format!("{destination}: {message}"),
+        )),
+        _ => Err(remote_error(
+            destination,
+            format!("{} {errcode} {message}", status.as_u16()),
+        )),
+    }
+}
