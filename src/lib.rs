@@ -113,6 +113,9 @@ async fn start_federation_listener(
 fn spawn_background(server: &Arc<Server>) {
     search::Search::start(server);
     tokio::spawn(push::Push::run_delivery(server.clone()));
+    if federation::enabled(server) {
+        tokio::spawn(federation::sender::Sender::run(server.clone()));
+    }
     let typing_server = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -2,8 +2,11 @@
 //! outbound requests, verification of inbound ones, and the TLS listener's certificate. The
 //! protocol rules themselves are in the `sparks-federation` crate.
 
+pub mod acl;
 pub mod client;
+pub mod inbound;
 pub mod keys;
+pub mod sender;
 pub mod tls;
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ pub use sparks_federation as protocol;
 pub struct Federation {
     pub client: client::Client,
     pub keys: keys::KeyCache,
+    pub sender: sender::Sender,
 }
 
 impl Federation {
@@ -29,6 +33,7 @@ impl Federation {
         Ok(Self {
             client: client::Client::new(&config.federation)?,
             keys: keys::KeyCache::default(),
+            sender: sender::Sender::default(),
         })
     }
 }

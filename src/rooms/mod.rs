@@ -7,6 +7,7 @@ pub mod pdu;
 pub mod power;
 pub mod receipts;
 pub mod relations;
+pub mod resolve;
 pub mod state;
 pub mod timeline;
 pub mod version;
@@ -318,7 +319,7 @@ impl Rooms {
         Ok(users)
     }
 
-    fn members_changed(&self, room_id: &RoomId) {
+    pub fn members_changed(&self, room_id: &RoomId) {
         self.local_members.lock().remove(room_id);
         self.local_joined.lock().remove(room_id);
         self.joined_counts.lock().remove(room_id);

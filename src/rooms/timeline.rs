@@ -451,6 +451,11 @@ pub fn persist(
 
     if pdu.kind == TimelineEventType::RoomMember {
         rooms.members_changed(&room_id);
+        server.federation.sender.members_changed(&room_id);
+    }
+    // Other servers in the room get our users' events (queued durably; sent in background).
+    if let Err(error) = crate::federation::sender::queue_local_event(server, &pdu, count) {
+        tracing::error!(event_id = %pdu.event_id, %error, "cannot queue event for federation");
     }
     if let Some(target) = redacted_target {
         rooms.forget_cached(&target);

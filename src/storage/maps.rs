@@ -255,6 +255,13 @@ catalog! {
     /// `server_name -> json {document, expires_ts}`: another server's key document (checked:
     /// self-signed), trusted until `expires_ts`.
     servername_keys in "federation" = 1;
+    /// `destination, count -> event_id`: PDUs waiting to be sent to a server (count = the
+    /// event's stream position, so each destination gets them in order); deleted once the
+    /// destination acknowledged the transaction.
+    destination_pdus in "federation" = 2;
+    /// `event_id -> reason`: PDUs received over federation that failed their checks (kept so
+    /// they are not fetched and checked again).
+    eventid_rejected in "federation" = 3;
 }
 
 #[cfg(test)]

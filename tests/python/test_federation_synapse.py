@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ssl
 import time
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -151,3 +152,79 @@ async def test_unsigned_and_forged_requests_are_refused(synapse, sparks):
     wrong_dest = forged.replace(sparks.server_name, "127.0.0.9:8448")
     status, body = await federation_get(sparks, path, headers={"Authorization": wrong_dest})
     assert status == 401, body
+
+
+async def sync_until_message(hs: Homeserver, token: str, room_id: str, body: str,
+                             timeout: float = 20.0) -> dict:
+    """Polls /sync (incrementally) until a message with ``body`` shows up in the room."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while time.monotonic() < deadline:
+        params = {"timeout": "1000"}
+        if since:
+            params["since"] = since
+        status, reply = await raw_request(hs, "GET", "/_matrix/client/v3/sync", token,
+                                          params=params)
+        assert status == 200, reply
+        since = reply["next_batch"]
+        room = reply.get("rooms", {}).get("join", {}).get(room_id, {})
+        for event in room.get("timeline", {}).get("events", []):
+            if event.get("content", {}).get("body") == body:
+                return event
+    raise AssertionError(f"{body!r} did not reach {hs.impl} within {timeout}s")
+
+
+async def send_text(hs: Homeserver, token: str, room_id: str, body: str) -> str:
+    status, reply = await raw_request(
+        hs, "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{rand_localpart('t')}",
+        token, json={"msgtype": "m.text", "body": body})
+    assert status == 200, reply
+    return reply["event_id"]
+
+
+async def test_synapse_user_joins_a_sparks_room_by_alias_and_they_talk(synapse, sparks):
+    bob, bob_token = await register(sparks, "bob", displayname="Bob")
+    alias_local = rand_localpart("fedroom")
+    status, room = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "public_chat", "room_alias_name": alias_local, "name": "Federated"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    await send_text(sparks, bob_token, room_id, "before anyone from synapse")
+
+    alice, alice_token = await register(synapse, "alice", displayname="Alice")
+    alias = f"#{alias_local}:{sparks.server_name}"
+    status, joined = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/join/{quote(alias, safe='')}", alice_token,
+        json={})
+    assert status == 200, joined
+    assert joined["room_id"] == room_id
+
+    # Synapse has the room's state from the join: the name and both members.
+    status, state = await raw_request(
+        synapse, "GET", f"/_matrix/client/v3/rooms/{room_id}/state", alice_token)
+    assert status == 200, state
+    kinds = {(e["type"], e.get("state_key")) for e in state}
+    assert ("m.room.name", "") in kinds
+    assert ("m.room.member", bob) in kinds and ("m.room.member", alice) in kinds
+
+    # Sparks sees the remote join, and messages cross both ways.
+    status, members = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/joined_members", bob_token)
+    assert status == 200, members
+    assert alice in members["joined"], members
+    await send_text(synapse, alice_token, room_id, "hello from synapse")
+    await sync_until_message(sparks, bob_token, room_id, "hello from synapse")
+    await send_text(sparks, bob_token, room_id, "hello from sparks")
+    event = await sync_until_message(synapse, alice_token, room_id, "hello from sparks")
+    assert event["sender"] == bob
+
+    # History from before the join: Synapse backfills it from Sparks when its client pages back.
+    status, page = await raw_request(
+        synapse, "GET", f"/_matrix/client/v3/rooms/{room_id}/messages", alice_token,
+        params={"dir": "b", "limit": "50"})
+    assert status == 200, page
+    bodies = [e.get("content", {}).get("body") for e in page["chunk"]]
+    assert "before anyone from synapse" in bodies, bodies
+    kinds = [e["type"] for e in page["chunk"]]
+    assert "m.room.create" in kinds or page.get("end"), kinds

@@ -4,9 +4,12 @@
 //!
 //! [`Ruma`]: crate::api::ruma::Ruma
 
+pub mod event;
 pub mod keys;
+pub mod membership;
 pub mod openid;
 pub mod query;
+pub mod transactions;
 pub mod version;
 
 use std::{collections::HashSet, sync::Arc};
@@ -34,5 +37,13 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, query::profile);
     r = route_json(r, s, query::directory);
     r = route(r, s, openid::userinfo);
+    r = route_json(r, s, transactions::send);
+    r = route_json(r, s, membership::make_join);
+    r = route_json(r, s, membership::send_join_v2);
+    r = route_json(r, s, event::event);
+    r = route_json(r, s, event::state);
+    r = route_json(r, s, event::state_ids);
+    r = route_json(r, s, event::missing_events);
+    r = route_json(r, s, event::backfill);
     crate::api::router::finish(r, server)
 }
