@@ -50,17 +50,50 @@ fn with_profile(
     Ok(content)
 }
 
-/// Joins a room this server knows. Joining a room only known over federation is issue 5.
+/// Joins a room: locally when one of our users is in it (we are resident), else over
+/// federation through `via` (and the servers of the room's known members).
 pub async fn join(
-    server: &Server,
+    server: &std::sync::Arc<Server>,
     room_id: &RoomId,
     user: &UserId,
     reason: Option<&str>,
+    via: &[ruma::OwnedServerName],
 ) -> Result<PduRef> {
-    if !server.rooms.exists(&server.maps, room_id)? {
-        return Err(Error::not_found(
-            "This server does not know the room (joining over federation is not supported yet)",
-        ));
+    let known = server.rooms.exists(&server.maps, room_id)?;
+    let resident = known && !server.rooms.local_joined(server, room_id)?.is_empty();
+    if !resident {
+        let current = server.rooms.membership(&server.maps, room_id, user)?;
+        if current.as_ref().is_some_and(|m| m.membership == "ban") {
+            return Err(Error::forbidden("You are banned from this room"));
+        }
+        let mut servers = via.to_vec();
+        if known {
+            servers.extend(
+                server
+                    .federation
+                    .sender
+                    .servers_in_room(server, room_id)?
+                    .iter()
+                    .cloned(),
+            );
+            // Whoever invited us is in the room.
+            if let Some(invite) = current.filter(|m| m.membership == "invite")
+                && let Some(pdu) = server.rooms.pdu(&server.maps, &invite.event_id)?
+            {
+                servers.insert(0, pdu.sender.server_name().to_owned());
+            }
+        }
+        servers.dedup();
+        let content = with_profile(server, user, base_content("join", reason))?;
+        if !servers.iter().any(|s| !server.is_local(s)) && !known {
+            return Err(Error::not_found(
+                "This server does not know the room; give a server to join through (`via`)",
+            ));
+        }
+        if !servers.is_empty() {
+            return crate::federation::join::join_remote(server, room_id, user, content, &servers)
+                .await;
+        }
     }
     let _lock = server.rooms.lock(room_id).await;
     let current = server.rooms.membership(&server.maps, room_id, user)?;

@@ -228,3 +228,43 @@ async def test_synapse_user_joins_a_sparks_room_by_alias_and_they_talk(synapse, 
     assert "before anyone from synapse" in bodies, bodies
     kinds = [e["type"] for e in page["chunk"]]
     assert "m.room.create" in kinds or page.get("end"), kinds
+
+
+async def test_sparks_user_joins_a_synapse_room_by_alias_and_they_talk(synapse, sparks):
+    alice, alice_token = await register(synapse, "alice", displayname="Alice")
+    alias_local = rand_localpart("synroom")
+    status, room = await raw_request(
+        synapse, "POST", "/_matrix/client/v3/createRoom", alice_token,
+        json={"preset": "public_chat", "room_alias_name": alias_local, "name": "On Synapse",
+              "topic": "federation test"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    await send_text(synapse, alice_token, room_id, "synapse history")
+
+    bob, bob_token = await register(sparks, "bob", displayname="Bob")
+    alias = f"#{alias_local}:{synapse.server_name}"
+    status, joined = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/join/{quote(alias, safe='')}", bob_token, json={})
+    assert status == 200, joined
+    assert joined["room_id"] == room_id
+
+    # Sparks took the room's state from Synapse (verified) and shows it to its client.
+    status, name = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.name/", bob_token)
+    assert status == 200, name
+    assert name["name"] == "On Synapse"
+    status, members = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/joined_members", bob_token)
+    assert status == 200, members
+    assert {alice, bob} <= set(members["joined"]), members
+
+    # Synapse sees Bob's join; messages cross both ways.
+    status, members = await raw_request(
+        synapse, "GET", f"/_matrix/client/v3/rooms/{room_id}/joined_members", alice_token)
+    assert status == 200, members
+    assert bob in members["joined"], members
+    await send_text(sparks, bob_token, room_id, "bob from sparks says hi")
+    await sync_until_message(synapse, alice_token, room_id, "bob from sparks says hi")
+    await send_text(synapse, alice_token, room_id, "alice answers")
+    event = await sync_until_message(sparks, bob_token, room_id, "alice answers")
+    assert event["sender"] == alice

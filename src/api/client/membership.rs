@@ -30,20 +30,24 @@ use crate::{
     sync::format,
 };
 
-fn resolve(server: &Server, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+/// A room id (with no servers to join through) or an alias resolved to its room id and
+/// servers: locally, or over federation for another server's alias.
+async fn resolve(
+    server: &Arc<Server>,
+    room: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     match <&RoomId>::try_from(room.as_str()) {
-        Ok(room_id) => Ok(room_id.to_owned()),
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
         Err(_) => {
             let alias_id = <&ruma::RoomAliasId>::try_from(room.as_str())
                 .map_err(|_| Error::invalid_param("Invalid room id or alias"))?;
             if !server.is_local(alias_id.server_name()) {
-                return Err(Error::not_found(
-                    "Resolving aliases of other servers needs federation, which is not supported yet",
-                ));
+                return crate::federation::join::resolve_alias(server, alias_id).await;
             }
-            Ok(alias::resolve_local(server, alias_id)?
+            let room_id = alias::resolve_local(server, alias_id)?
                 .ok_or_else(|| Error::not_found("Room alias not found"))?
-                .room_id)
+                .room_id;
+            Ok((room_id, Vec::new()))
         }
     }
 }
@@ -58,6 +62,7 @@ pub async fn join_by_id(
         &request.body.room_id,
         &user,
         request.body.reason.as_deref(),
+        &[],
     )
     .await?;
     Ok(join_room_by_id::v3::Response::new(
@@ -70,8 +75,16 @@ pub async fn join(
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = request.owned_user()?;
-    let room_id = resolve(&server, &request.body.room_id_or_alias)?;
-    membership::join(&server, &room_id, &user, request.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve(&server, &request.body.room_id_or_alias).await?;
+    servers.extend(request.body.via.iter().cloned());
+    membership::join(
+        &server,
+        &room_id,
+        &user,
+        request.body.reason.as_deref(),
+        &servers,
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -80,7 +93,7 @@ pub async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let user = request.owned_user()?;
-    let room_id = resolve(&server, &request.body.room_id_or_alias)?;
+    let (room_id, _) = resolve(&server, &request.body.room_id_or_alias).await?;
     membership::knock(&server, &room_id, &user, request.body.reason.as_deref()).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

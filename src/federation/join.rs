@@ -1,0 +1,435 @@
+//! Joining a room that lives on other servers (server-server API, "Joining Rooms"): ask a
+//! resident server for a join template (`make_join`), sign it, hand it over (`send_join` v2),
+//! and take the room's state and auth chain from the answer — every event's signatures and
+//! authorization checked — before the join enters our timeline.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId, events::StateEventType,
+    room_version_rules::RoomVersionRules, signatures::PublicKeyMap, state_res,
+};
+use serde_json::{Map, Value};
+
+use super::{encode, protocol};
+use crate::{
+    error::{Error, Result},
+    rooms::{
+        Membership, RoomMeta,
+        pdu::{Pdu, PduRef},
+        state::StateMap,
+        timeline,
+    },
+    server::Server,
+    storage::keys::Key,
+};
+
+/// Joins `room_id` through the first of `servers` that lets us in.
+pub async fn join_remote(
+    server: &Arc<Server>,
+    room_id: &RoomId,
+    user: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+) -> Result<PduRef> {
+    if !super::enabled(server) {
+        return Err(Error::not_found(
+            "The room is on other servers and this server does not federate",
+        ));
+    }
+    let mut failures = Vec::new();
+    for remote in servers.iter().filter(|s| !server.is_local(s)) {
+        match join_via(server, remote, room_id, user, &content).await {
+            Ok(pdu) => return Ok(pdu),
+            Err(error) => {
+                tracing::info!(%remote, %room_id, %error, "remote join failed");
+                // A refusal (not invited, banned ...) is the room's answer; say it.
+                if error.status == http::StatusCode::FORBIDDEN {
+                    return Err(error);
+                }
+                failures.push(format!("{remote}: {}", error.message));
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Err(Error::not_found(
+            "No server to join the room through (give one with `via`)",
+        ));
+    }
+    Err(Error::new(
+        http::StatusCode::BAD_GATEWAY,
+        "M_UNKNOWN",
+        format!("Could not join through any server: {}", failures.join("; ")),
+    ))
+}
+
+async fn join_via(
+    server: &Arc<Server>,
+    remote: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    content: &Map<String, Value>,
+) -> Result<PduRef> {
+    let client = &server.federation.client;
+    let versions: String = crate::rooms::version::SUPPORTED
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+        encode(room_id.as_str()),
+        encode(user.as_str())
+    );
+    let answer = client
+        .send(server, remote, http::Method::GET, &path, None)
+        .await?;
+    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+        .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
+    let rules = crate::rooms::version::rules(&version)?;
+    let (event_id, signed) =
+        sign_template(server, &rules, &answer["event"], room_id, user, content)?;
+
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        encode(room_id.as_str()),
+        encode(event_id.as_str())
+    );
+    let body = serde_json::to_value(&signed)?;
+    let answer = client
+        .send(server, remote, http::Method::PUT, &path, Some(&body))
+        .await?;
+    // For restricted rooms the resident server countersigns the join and returns it.
+    let signed = match answer.get("event").filter(|e| e.is_object()) {
+        Some(event) => serde_json::from_value(event.clone())
+            .map_err(|e| Error::bad_json(format!("event: {e}")))?,
+        None => signed,
+    };
+    take_room(
+        server, &rules, &version, room_id, &event_id, signed, &answer,
+    )
+    .await
+}
+
+/// Fills in and signs the template a resident server gave us.
+fn sign_template(
+    server: &Server,
+    rules: &RoomVersionRules,
+    template: &Value,
+    room_id: &RoomId,
+    user: &UserId,
+    content: &Map<String, Value>,
+) -> Result<(OwnedEventId, CanonicalJsonObject)> {
+    let mut event: CanonicalJsonObject = serde_json::from_value(template.clone())
+        .map_err(|e| Error::bad_json(format!("join template: {e}")))?;
+    let is = |field: &str, expected: &str| matches!(event.get(field), Some(CanonicalJsonValue::String(s)) if s == expected);
+    if !is("type", "m.room.member")
+        || !is("sender", user.as_str())
+        || !is("state_key", user.as_str())
+        || !is("room_id", room_id.as_str())
+    {
+        return Err(Error::bad_json(
+            "The join template is not for this user and room",
+        ));
+    }
+    let mut merged = match event.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => c.clone(),
+        _ => CanonicalJsonObject::new(),
+    };
+    for (key, value) in content {
+        if let Ok(value) = CanonicalJsonValue::try_from(value.clone()) {
+            merged.insert(key.clone(), value);
+        }
+    }
+    merged.insert(
+        "membership".into(),
+        CanonicalJsonValue::String("join".into()),
+    );
+    event.insert("content".into(), CanonicalJsonValue::Object(merged));
+    event.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().0.into()),
+    );
+    event.remove("event_id");
+    event.remove("signatures");
+    event.remove("hashes");
+    event.remove("unsigned");
+    ruma::signatures::hash_and_sign_event(
+        server.server_name().as_str(),
+        &server.signing_key,
+        &mut event,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::internal(format_args!("signing the join: {e}")))?;
+    let event_id =
+        protocol::pdu::event_id(&event, rules).map_err(|e| Error::bad_json(e.to_string()))?;
+    Ok((event_id, event))
+}
+
+/// Checks and stores the room's state and auth chain from `send_join`, then appends our join.
+async fn take_room(
+    server: &Arc<Server>,
+    rules: &RoomVersionRules,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    join_id: &OwnedEventId,
+    join: CanonicalJsonObject,
+    answer: &Value,
+) -> Result<PduRef> {
+    let mut events: Vec<CanonicalJsonObject> = Vec::new();
+    for field in ["auth_chain", "state"] {
+        for value in answer[field].as_array().into_iter().flatten() {
+            let object: CanonicalJsonObject = serde_json::from_value(value.clone())
+                .map_err(|e| Error::bad_json(format!("{field}: {e}")))?;
+            events.push(object);
+        }
+    }
+    let keys = signer_keys(server, rules, &events).await?;
+    let mut checked: Vec<Pdu> = Vec::with_capacity(events.len());
+    let mut seen = BTreeSet::new();
+    for object in events {
+        let event_id =
+            protocol::pdu::event_id(&object, rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        if !seen.insert(event_id.clone()) {
+            continue;
+        }
+        let object = match protocol::pdu::verify(&object, rules, &keys) {
+            Ok(protocol::pdu::Integrity::Intact) => object,
+            Ok(protocol::pdu::Integrity::Redact) => {
+                ruma::canonical_json::redact(object, &rules.redaction, None)
+                    .map_err(|e| Error::bad_json(e.to_string()))?
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    "M_UNKNOWN",
+                    format!("The room's state from the resident server does not verify: {e}"),
+                ));
+            }
+        };
+        let pdu = Pdu::from_json(event_id, object)?;
+        if pdu.room_id != room_id {
+            return Err(Error::bad_json(
+                "An event of another room in the room state",
+            ));
+        }
+        checked.push(pdu);
+    }
+    // Oldest first, so each event's auth events are checked before it.
+    checked.sort_by_key(|p| p.depth);
+    let create = checked
+        .iter()
+        .find(|p| p.kind.to_string() == "m.room.create" && p.state_key.as_deref() == Some(""))
+        .cloned()
+        .ok_or_else(|| Error::bad_json("The room state has no create event"))?;
+    if create.content_str("room_version").as_deref().unwrap_or("1") != version.as_str() {
+        return Err(Error::bad_json(
+            "The create event disagrees about the room version",
+        ));
+    }
+    let maps = &server.maps;
+    let _lock = server.rooms.lock(room_id).await;
+    // Store them as outliers (no timeline position), then check each against its auth events.
+    let mut batch = server.db.batch();
+    for pdu in &checked {
+        if server
+            .rooms
+            .state
+            .event_short(maps, &pdu.event_id)?
+            .is_none()
+        {
+            server
+                .rooms
+                .state
+                .intern_event(maps, &mut batch, &pdu.event_id);
+        }
+        batch.put(
+            &maps.eventid_pdu,
+            pdu.event_id.as_bytes(),
+            serde_json::to_vec(&pdu.json)?,
+        );
+    }
+    let meta = RoomMeta {
+        room_version: version.clone(),
+        create_event_id: create.event_id.clone(),
+    };
+    batch.put(
+        &maps.roomid_meta,
+        room_id.as_bytes(),
+        serde_json::to_vec(&meta)?,
+    );
+    server.db.commit(batch)?;
+    for pdu in &checked {
+        authorize_outlier(server, rules, pdu)?;
+    }
+
+    // The state before our join, as the resident server sent it.
+    let state_ids: Vec<OwnedEventId> = answer["state"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_value::<CanonicalJsonObject>(v.clone()).ok())
+        .filter_map(|o| protocol::pdu::event_id(&o, rules).ok())
+        .collect();
+    let mut state = StateMap::default();
+    let mut members = Vec::new();
+    for pdu in checked.iter().filter(|p| state_ids.contains(&p.event_id)) {
+        let Some(state_key) = &pdu.state_key else {
+            continue;
+        };
+        let kind = StateEventType::from(pdu.kind.to_string());
+        let key = server
+            .rooms
+            .state
+            .intern_statekey(&server.db, maps, &kind, state_key)?;
+        let Some(short) = server.rooms.state.event_short(maps, &pdu.event_id)? else {
+            continue;
+        };
+        state.insert(key, short);
+        if let (Some(membership), Some(target)) = (pdu.membership(), pdu.state_user()) {
+            members.push((target.to_owned(), membership, pdu.event_id.clone()));
+        }
+    }
+    let join = Pdu::from_json(join_id.clone(), join)?;
+    let mut batch = server.db.batch();
+    let (group, state) = server.rooms.state.store_full(maps, &mut batch, state);
+    batch.put(
+        &maps.roomid_stategroup,
+        room_id.as_bytes(),
+        group.to_be_bytes(),
+    );
+    batch.put(
+        &maps.roomid_extremities,
+        room_id.as_bytes(),
+        serde_json::to_vec(&join.prev_events)?,
+    );
+    // Everyone already in the room, so membership lookups (and who gets our events) work.
+    for (target, membership, event_id) in members {
+        let record = Membership {
+            last_join_count: (membership == "join").then_some(0),
+            membership,
+            count: 0,
+            event_id,
+        };
+        let value = serde_json::to_vec(&record)?;
+        batch.put(
+            &maps.roomuserid_membership,
+            Key::new().s(room_id.as_str()).s(target.as_str()).build(),
+            &value,
+        );
+        batch.put(
+            &maps.userroomid_membership,
+            Key::new().s(target.as_str()).s(room_id.as_str()).build(),
+            &value,
+        );
+    }
+    server.db.commit(batch)?;
+    server.rooms.members_changed(room_id);
+    server.federation.sender.members_changed(room_id);
+
+    timeline::authorize(server, rules, &join, &state)?;
+    timeline::persist(server, rules, join, group, &state, None)
+}
+
+/// The keys of every server that signed one of `events` (fetched once per server).
+async fn signer_keys(
+    server: &Arc<Server>,
+    rules: &RoomVersionRules,
+    events: &[CanonicalJsonObject],
+) -> Result<PublicKeyMap> {
+    let mut signers = BTreeSet::new();
+    for event in events {
+        signers.extend(
+            protocol::pdu::required_signers(event, rules)
+                .map_err(|e| Error::bad_json(e.to_string()))?,
+        );
+    }
+    let mut keys = PublicKeyMap::new();
+    for signer in signers {
+        if server.is_local(&signer) {
+            let ours = crate::federation::keys::our_document(server)?;
+            let parsed = protocol::keys::verify_server_keys(&ours, Some(&signer))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            keys.insert(signer.to_string(), parsed.public_key_set());
+            continue;
+        }
+        let cached = server.federation.keys.get(server, &signer).await?;
+        keys.insert(signer.to_string(), cached.keys.public_key_set());
+    }
+    Ok(keys)
+}
+
+/// An event of the state or auth chain must be allowed by its own auth events.
+fn authorize_outlier(server: &Server, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    let maps = &server.maps;
+    let fetch_event = |id: &ruma::EventId| server.rooms.pdu(maps, id).ok().flatten();
+    let reject = |reason: String| {
+        Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!(
+                "Event {} of the room's state is not authorised: {reason}",
+                pdu.event_id
+            ),
+        )
+    };
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
+        .map_err(|e| reject(e.to_string()))?;
+    if pdu.kind.to_string() == "m.room.create" {
+        return Ok(());
+    }
+    let mut auth: Vec<PduRef> = pdu
+        .auth_events
+        .iter()
+        .filter_map(|id| server.rooms.pdu(maps, id).ok().flatten())
+        .collect();
+    if let Some(meta) = server.rooms.meta(maps, &pdu.room_id)?
+        && !pdu.auth_events.contains(&meta.create_event_id)
+        && let Some(create) = server.rooms.pdu(maps, &meta.create_event_id)?
+    {
+        auth.push(create);
+    }
+    let fetch_state = |kind: &StateEventType, state_key: &str| {
+        auth.iter()
+            .find(|a| {
+                a.kind.to_string() == kind.to_string() && a.state_key.as_deref() == Some(state_key)
+            })
+            .cloned()
+    };
+    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
+        .map_err(|e| reject(e.to_string()))
+}
+
+/// A remote alias: asks its server for the room id and servers to join through.
+pub async fn resolve_alias(
+    server: &Arc<Server>,
+    alias: &ruma::RoomAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
+    if !super::enabled(server) {
+        return Err(Error::not_found(
+            "The alias is on another server and this server does not federate",
+        ));
+    }
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        encode(alias.as_str())
+    );
+    let answer = server
+        .federation
+        .client
+        .send(server, alias.server_name(), http::Method::GET, &path, None)
+        .await?;
+    let room_id = ruma::OwnedRoomId::try_from(answer["room_id"].as_str().unwrap_or_default())
+        .map_err(|e| Error::bad_json(format!("room_id: {e}")))?;
+    let mut servers: Vec<OwnedServerName> = answer["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().and_then(|s| OwnedServerName::try_from(s).ok()))
+        .collect();
+    if !servers.iter().any(|s| s == alias.server_name()) {
+        servers.insert(0, alias.server_name().to_owned());
+    }
+    Ok((room_id, servers))
+}
