@@ -44,7 +44,7 @@ impl KeyCache {
     /// among them (the server may have rotated).
     pub async fn get_with_key(
         &self,
-        server: &Arc<Server>,
+        server: &Server,
         origin: &ServerName,
         key_id: &str,
     ) -> Result<Arc<ServerKeys>> {
@@ -63,7 +63,7 @@ impl KeyCache {
     }
 
     /// The keys of `origin` (any key), fetched if needed.
-    pub async fn get(&self, server: &Arc<Server>, origin: &ServerName) -> Result<Cached> {
+    pub async fn get(&self, server: &Server, origin: &ServerName) -> Result<Cached> {
         match self.usable(server, origin)? {
             Some(found) => Ok(found),
             None => self.fetch(server, origin).await,
@@ -103,7 +103,7 @@ impl KeyCache {
     }
 
     /// Fetches from the origin, then from each trusted notary; keeps the first good answer.
-    async fn fetch(&self, server: &Arc<Server>, origin: &ServerName) -> Result<Cached> {
+    async fn fetch(&self, server: &Server, origin: &ServerName) -> Result<Cached> {
         let mut failures = Vec::new();
         match server
             .federation

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod client;
 pub mod inbound;
+pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod sender;

@@ -76,16 +76,17 @@ pub async fn join(
                     .iter()
                     .cloned(),
             );
-            // Whoever invited us is in the room.
-            if let Some(invite) = current.filter(|m| m.membership == "invite")
-                && let Some(pdu) = server.rooms.pdu(&server.maps, &invite.event_id)?
-            {
-                servers.insert(0, pdu.sender.server_name().to_owned());
-            }
+        }
+        // Whoever invited us is in the room.
+        if let Some(invite) = current.filter(|m| m.membership == "invite")
+            && let Some(pdu) = server.rooms.pdu(&server.maps, &invite.event_id)?
+        {
+            servers.insert(0, pdu.sender.server_name().to_owned());
         }
         servers.dedup();
         let content = with_profile(server, user, base_content("join", reason))?;
         if !servers.iter().any(|s| !server.is_local(s)) && !known {
+            // Nothing to join through.
             return Err(Error::not_found(
                 "This server does not know the room; give a server to join through (`via`)",
             ));
@@ -225,9 +226,31 @@ pub async fn invite(
         }
     }
     if !server.is_local(target.server_name()) {
-        return Err(Error::forbidden(
-            "Inviting users of other servers needs federation, which is not supported yet",
-        ));
+        if !crate::federation::enabled(server) {
+            return Err(Error::forbidden(
+                "The user is on another server and this server does not federate",
+            ));
+        }
+        // Built and authorised here, countersigned by the invitee's server, then appended.
+        let mut content = base_content("invite", reason);
+        if is_direct {
+            content.insert("is_direct".into(), json!(true));
+        }
+        let version = server.rooms.version(&server.maps, room_id)?;
+        let rules = super::version::rules(&version)?;
+        let group = server.rooms.current_group(&server.maps, room_id)?;
+        let state = server.rooms.load_state(&server.maps, group)?;
+        let pdu = timeline::build(
+            server,
+            Some(room_id),
+            &version,
+            &rules,
+            &state,
+            sender,
+            &member_event(target, content),
+        )?;
+        timeline::authorize(server, &rules, &pdu, &state)?;
+        return crate::federation::invite::invite_remote(server, pdu, group).await;
     }
     if !server.users.exists(&server.maps, target)? {
         return Err(Error::not_found(format!("User {target} does not exist")));

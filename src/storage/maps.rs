@@ -262,6 +262,9 @@ catalog! {
     /// `event_id -> reason`: PDUs received over federation that failed their checks (kept so
     /// they are not fetched and checked again).
     eventid_rejected in "federation" = 3;
+    /// `room_id, user_id -> json [stripped state]`: what another server told us about a room
+    /// it invited our user to (we are not in the room, so we have no state of our own).
+    roomuser_invitestate in "federation" = 4;
 }
 
 #[cfg(test)]

@@ -796,6 +796,23 @@ fn stripped_state(
     room_id: &RoomId,
     membership: &Membership,
 ) -> Result<Vec<Value>> {
+    if !server.rooms.exists(&server.maps, room_id)? {
+        // Invited over federation into a room we are not in: the state the inviting server
+        // sent, then the invite itself.
+        let user = server
+            .rooms
+            .pdu(&server.maps, &membership.event_id)?
+            .and_then(|p| p.state_key.clone())
+            .and_then(|k| ruma::OwnedUserId::try_from(k).ok());
+        let mut events = match &user {
+            Some(user) => crate::federation::invite::stored_invite_state(server, room_id, user),
+            None => Vec::new(),
+        };
+        if let Some(pdu) = server.rooms.pdu(&server.maps, &membership.event_id)? {
+            events.push(format::stripped(&pdu));
+        }
+        return Ok(events);
+    }
     let maps = &server.maps;
     let mut events = Vec::new();
     for kind in [

@@ -11,6 +11,7 @@ queries; unsigned and forged requests to Sparks are refused.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 import time
@@ -268,3 +269,78 @@ async def test_sparks_user_joins_a_synapse_room_by_alias_and_they_talk(synapse, 
     await send_text(synapse, alice_token, room_id, "alice answers")
     event = await sync_until_message(sparks, bob_token, room_id, "alice answers")
     assert event["sender"] == alice
+
+
+async def sync_until(hs: Homeserver, token: str, predicate, timeout: float = 20.0):
+    """Polls /sync until ``predicate(reply)`` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while time.monotonic() < deadline:
+        params = {"timeout": "1000"}
+        if since:
+            params["since"] = since
+        status, reply = await raw_request(hs, "GET", "/_matrix/client/v3/sync", token,
+                                          params=params)
+        assert status == 200, reply
+        since = reply["next_batch"]
+        found = predicate(reply)
+        if found:
+            return found
+    raise AssertionError(f"sync condition not met on {hs.impl} within {timeout}s")
+
+
+async def test_invites_cross_both_ways_and_are_accepted(synapse, sparks):
+    alice, alice_token = await register(synapse, "alice", displayname="Alice")
+    bob, bob_token = await register(sparks, "bob", displayname="Bob")
+
+    # Synapse -> Sparks: a private room on Synapse; Bob sees the invite with the room's name.
+    status, room = await raw_request(
+        synapse, "POST", "/_matrix/client/v3/createRoom", alice_token,
+        json={"preset": "private_chat", "name": "Private on Synapse", "invite": [bob]})
+    assert status == 200, room
+    on_synapse = room["room_id"]
+    invite = await sync_until(
+        sparks, bob_token, lambda r: r.get("rooms", {}).get("invite", {}).get(on_synapse))
+    stripped = {e["type"]: e for e in invite["invite_state"]["events"]}
+    assert stripped["m.room.name"]["content"]["name"] == "Private on Synapse"
+    assert stripped["m.room.member"]["sender"] == alice
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{on_synapse}/join", bob_token, json={})
+    assert status == 200, reply
+    await send_text(sparks, bob_token, on_synapse, "thanks for the invite")
+    await sync_until_message(synapse, alice_token, on_synapse, "thanks for the invite")
+
+    # Sparks -> Synapse: a private room on Sparks; Alice is invited, joins, and talks.
+    status, room = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "private_chat", "name": "Private on Sparks"})
+    assert status == 200, room
+    on_sparks = room["room_id"]
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{on_sparks}/invite", bob_token,
+        json={"user_id": alice})
+    assert status == 200, reply
+    invite = await sync_until(
+        synapse, alice_token, lambda r: r.get("rooms", {}).get("invite", {}).get(on_sparks))
+    names = [e for e in invite["invite_state"]["events"] if e["type"] == "m.room.name"]
+    assert names and names[0]["content"]["name"] == "Private on Sparks", invite
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/rooms/{on_sparks}/join", alice_token, json={})
+    assert status == 200, reply
+    await send_text(synapse, alice_token, on_sparks, "joined your private room")
+    await sync_until_message(sparks, bob_token, on_sparks, "joined your private room")
+
+    # Leaving crosses too.
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/rooms/{on_sparks}/leave", alice_token, json={})
+    assert status == 200, reply
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, members = await raw_request(
+            sparks, "GET", f"/_matrix/client/v3/rooms/{on_sparks}/joined_members", bob_token)
+        assert status == 200, members
+        if alice not in members["joined"]:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("Alice's leave did not reach Sparks")

@@ -198,3 +198,44 @@ fn check_join_event(
     }
     Ok(())
 }
+
+pub async fn invite_v2(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::membership::create_invite::v2::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?.to_owned();
+    let body = &request.body;
+    let stripped: Vec<Value> = body
+        .invite_room_state
+        .iter()
+        .filter_map(stripped_from)
+        .collect();
+    crate::federation::invite::receive_invite(
+        &server,
+        &origin,
+        &body.room_id,
+        &body.event_id,
+        &body.room_version,
+        &body.event,
+        stripped,
+    )
+    .await
+}
+
+/// Invite state as clients see it (type, state_key, content, sender), from either form a
+/// server may send: full PDUs (Matrix 1.16+) or the older stripped events.
+#[allow(deprecated)]
+fn stripped_from(raw: &ruma::api::federation::membership::RawStrippedState) -> Option<Value> {
+    use ruma::api::federation::membership::RawStrippedState;
+    let value: Value = match raw {
+        RawStrippedState::Stripped(event) => serde_json::from_str(event.json().get()).ok()?,
+        RawStrippedState::Pdu(pdu) => serde_json::from_str(pdu.get()).ok()?,
+        _ => return None,
+    };
+    Some(json!({
+        "type": value.get("type")?,
+        "state_key": value.get("state_key")?,
+        "content": value.get("content")?,
+        "sender": value.get("sender")?,
+    }))
+}

@@ -40,6 +40,7 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, transactions::send);
     r = route_json(r, s, membership::make_join);
     r = route_json(r, s, membership::send_join_v2);
+    r = route_json(r, s, membership::invite_v2);
     r = route_json(r, s, event::event);
     r = route_json(r, s, event::state);
     r = route_json(r, s, event::state_ids);
