@@ -25,6 +25,8 @@ use crate::{
 };
 
 const MAX_PDUS_PER_TXN: usize = 50;
+const MAX_EDUS_PER_TXN: usize = 100;
+const MAX_QUEUED_EDUS: usize = 1000;
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Default)]
@@ -35,6 +37,8 @@ pub struct Sender {
     new_work: Mutex<Option<mpsc::UnboundedSender<OwnedServerName>>>,
     /// Other servers with joined members, per room (cleared when membership changes).
     room_servers: Mutex<HashMap<OwnedRoomId, Arc<Vec<OwnedServerName>>>>,
+    /// EDUs waiting per destination. Ephemeral (typing, receipts): kept in memory only.
+    edus: Mutex<HashMap<OwnedServerName, Vec<Value>>>,
 }
 
 impl Sender {
@@ -94,6 +98,43 @@ impl Sender {
             self.wake(destination);
         }
         Ok(())
+    }
+
+    /// Queues an EDU for every other server in the room.
+    pub fn queue_room_edu(&self, server: &Server, room: &RoomId, edu: Value) -> Result<()> {
+        if !crate::federation::enabled(server) {
+            return Ok(());
+        }
+        let destinations = self.servers_in_room(server, room)?;
+        for destination in destinations.iter() {
+            let mut edus = self.edus.lock();
+            let queue = edus.entry(destination.clone()).or_default();
+            // A destination that has been unreachable for long gets only the newest ones.
+            if queue.len() >= MAX_QUEUED_EDUS {
+                queue.remove(0);
+            }
+            queue.push(edu.clone());
+            drop(edus);
+            self.wake(destination);
+        }
+        Ok(())
+    }
+
+    fn take_edus(&self, destination: &ServerName) -> Vec<Value> {
+        let mut edus = self.edus.lock();
+        let Some(queue) = edus.get_mut(destination) else {
+            return Vec::new();
+        };
+        let n = queue.len().min(MAX_EDUS_PER_TXN);
+        queue.drain(..n).collect()
+    }
+
+    fn return_edus(&self, destination: &ServerName, mut taken: Vec<Value>) {
+        let mut edus = self.edus.lock();
+        let queue = edus.entry(destination.to_owned()).or_default();
+        taken.append(queue);
+        taken.truncate(MAX_QUEUED_EDUS);
+        *queue = taken;
     }
 
     fn wake(&self, destination: &ServerName) {
@@ -165,10 +206,12 @@ fn pending_destinations(server: &Server) -> Vec<OwnedServerName> {
 
 /// One destination's task: send what is queued, wait for more, back off on failure.
 async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<Notify>) {
+    let sender = &server.federation.sender;
     let mut backoff = Duration::from_secs(2);
     loop {
         let queued = queued(&server, &destination);
-        if queued.is_empty() {
+        let edus = sender.take_edus(&destination);
+        if queued.is_empty() && edus.is_empty() {
             let mut shutdown = server.shutdown.subscribe();
             tokio::select! {
                 () = notify.notified() => {}
@@ -176,7 +219,7 @@ async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<No
             }
             continue;
         }
-        match send_transaction(&server, &destination, &queued).await {
+        match send_transaction(&server, &destination, &queued, &edus).await {
             Ok(()) => {
                 backoff = Duration::from_secs(2);
                 let mut batch = server.db.batch();
@@ -188,6 +231,7 @@ async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<No
                 }
             }
             Err(error) => {
+                sender.return_edus(&destination, edus);
                 tracing::warn!(%destination, %error, retry_in_s = backoff.as_secs(), "transaction failed");
                 let mut shutdown = server.shutdown.subscribe();
                 tokio::select! {
@@ -215,6 +259,7 @@ async fn send_transaction(
     server: &Arc<Server>,
     destination: &ServerName,
     queued: &[(Vec<u8>, String)],
+    edus: &[Value],
 ) -> Result<()> {
     let mut pdus: Vec<Value> = Vec::with_capacity(queued.len());
     for (_, event_id) in queued {
@@ -227,15 +272,16 @@ async fn send_transaction(
     }
     // The transaction id only has to be unique per origin and destination: the position of the
     // first PDU is, and a retry of the same batch reuses it (so the destination can dedupe).
-    let txn_id = queued
-        .first()
-        .and_then(|(key, _)| keys::tail_u64(key))
-        .unwrap_or_default();
+    let txn_id = match queued.first().and_then(|(key, _)| keys::tail_u64(key)) {
+        Some(count) => count.to_string(),
+        // EDUs only: any id not used before.
+        None => format!("e{}", crate::server::rand_alnum(12)),
+    };
     let body = json!({
         "origin": server.server_name(),
         "origin_server_ts": crate::users::now_ms(),
         "pdus": pdus,
-        "edus": [],
+        "edus": edus,
     });
     let answer = server
         .federation

@@ -100,6 +100,21 @@ pub fn set(
         (*server.rooms.local_interested(server, room)?).clone()
     };
     pending.finish(users);
+    // Our users' public receipts go to the other servers in the room.
+    if receipt_type == READ && server.is_local(user.server_name()) {
+        let mut data = json!({ "ts": receipt.ts });
+        if !thread.is_empty() {
+            data["thread_id"] = json!(thread);
+        }
+        let edu = json!({
+            "edu_type": "m.receipt",
+            "content": { room.as_str(): { READ: { user.as_str(): {
+                "event_ids": [event_id],
+                "data": data,
+            } } } },
+        });
+        server.federation.sender.queue_room_edu(server, room, edu)?;
+    }
     Ok(())
 }
 

@@ -50,6 +50,16 @@ impl Typing {
         }
         let users = (*server.rooms.local_interested(server, room_id)?).clone();
         pending.finish(users);
+        if server.is_local(user.server_name()) {
+            let edu = serde_json::json!({
+                "edu_type": "m.typing",
+                "content": { "room_id": room_id, "user_id": user, "typing": timeout.is_some() },
+            });
+            server
+                .federation
+                .sender
+                .queue_room_edu(server, room_id, edu)?;
+        }
         Ok(())
     }
 

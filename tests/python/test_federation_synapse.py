@@ -344,3 +344,93 @@ async def test_invites_cross_both_ways_and_are_accepted(synapse, sparks):
         await asyncio.sleep(0.2)
     else:
         raise AssertionError("Alice's leave did not reach Sparks")
+
+
+def ephemeral(reply: dict, room_id: str, kind: str) -> list:
+    room = reply.get("rooms", {}).get("join", {}).get(room_id, {})
+    return [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == kind]
+
+
+def timeline_events(reply: dict, room_id: str) -> list:
+    room = reply.get("rooms", {}).get("join", {}).get(room_id, {})
+    return room.get("timeline", {}).get("events", [])
+
+
+async def test_typing_receipts_state_and_redactions_cross(synapse, sparks):
+    bob, bob_token = await register(sparks, "bob")
+    alice, alice_token = await register(synapse, "alice")
+    status, room = await raw_request(sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+                                     json={"preset": "public_chat"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    status, reply = await raw_request(synapse, "POST", f"/_matrix/client/v3/join/{room_id}",
+                                      alice_token, json={},
+                                      params={"server_name": sparks.server_name})
+    assert status == 200, reply
+
+    # Typing, both ways.
+    status, _ = await raw_request(
+        sparks, "PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/{bob}", bob_token,
+        json={"typing": True, "timeout": 20000})
+    assert status == 200
+    await sync_until(synapse, alice_token, lambda r: any(
+        bob in e["content"]["user_ids"] for e in ephemeral(r, room_id, "m.typing")))
+    status, _ = await raw_request(
+        synapse, "PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/{alice}", alice_token,
+        json={"typing": True, "timeout": 20000})
+    assert status == 200
+    await sync_until(sparks, bob_token, lambda r: any(
+        alice in e["content"]["user_ids"] for e in ephemeral(r, room_id, "m.typing")))
+
+    # Read receipts, both ways.
+    from_bob = await send_text(sparks, bob_token, room_id, "read me")
+    await sync_until_message(synapse, alice_token, room_id, "read me")
+    status, _ = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{from_bob}",
+        alice_token, json={})
+    assert status == 200
+    await sync_until(sparks, bob_token, lambda r: any(
+        alice in e["content"].get(from_bob, {}).get("m.read", {})
+        for e in ephemeral(r, room_id, "m.receipt")))
+    from_alice = await send_text(synapse, alice_token, room_id, "and me")
+    await sync_until_message(sparks, bob_token, room_id, "and me")
+    status, _ = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{from_alice}",
+        bob_token, json={})
+    assert status == 200
+    await sync_until(synapse, alice_token, lambda r: any(
+        bob in e["content"].get(from_alice, {}).get("m.read", {})
+        for e in ephemeral(r, room_id, "m.receipt")))
+
+    # A state change on Sparks shows on Synapse.
+    status, _ = await raw_request(
+        sparks, "PUT", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/", bob_token,
+        json={"topic": "set on sparks"})
+    assert status == 200
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, topic = await raw_request(
+            synapse, "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/",
+            alice_token)
+        if status == 200 and topic.get("topic") == "set on sparks":
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("topic did not reach Synapse")
+
+    # Alice redacts her own message on Synapse; Sparks keeps only the redacted event.
+    status, reply = await raw_request(
+        synapse, "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/redact/{from_alice}/{rand_localpart('r')}",
+        alice_token, json={"reason": "oops"})
+    assert status == 200, reply
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, event = await raw_request(
+            sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/event/{from_alice}", bob_token)
+        assert status == 200, event
+        if "body" not in event["content"]:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the redaction did not reach Sparks")

@@ -87,6 +87,50 @@ fn handle_edu(server: &Server, origin: &ruma::ServerName, edu: &Value) -> Result
                 .then(|| std::time::Duration::from_secs(30));
             server.typing.set(server, &room, &user, timeout)
         }
+        Some("m.receipt") => {
+            let Some(rooms) = edu["content"].as_object() else {
+                return Err(Error::bad_json("receipt content must be an object"));
+            };
+            for (room, types) in rooms {
+                let room = ruma::OwnedRoomId::try_from(room.as_str())
+                    .map_err(|e| Error::bad_json(e.to_string()))?;
+                if crate::federation::acl::denies(server, &room, origin)?.is_some() {
+                    continue;
+                }
+                let Some(users) = types[crate::rooms::receipts::READ].as_object() else {
+                    continue;
+                };
+                for (user, receipt) in users {
+                    let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else {
+                        continue;
+                    };
+                    if user.server_name() != origin
+                        || !server.rooms.is_joined(&server.maps, &room, &user)?
+                    {
+                        continue;
+                    }
+                    let thread = receipt["data"]["thread_id"].as_str().unwrap_or_default();
+                    for event_id in receipt["event_ids"].as_array().into_iter().flatten() {
+                        let Some(event_id) = event_id
+                            .as_str()
+                            .and_then(|e| ruma::OwnedEventId::try_from(e).ok())
+                        else {
+                            continue;
+                        };
+                        // An event we do not have (yet) cannot carry a receipt here.
+                        let _ = crate::rooms::receipts::set(
+                            server,
+                            &room,
+                            &user,
+                            crate::rooms::receipts::READ,
+                            thread,
+                            &event_id,
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         _ => Err(Error::unrecognized("EDU type not handled")),
     }
 }
