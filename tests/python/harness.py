@@ -211,6 +211,7 @@ federation_verify_certificates: false
 ip_range_blacklist: []
 ip_range_whitelist: ["127.0.0.0/8"]
 allow_public_rooms_over_federation: true
+room_list_publication_rules: [{{action: allow}}]  # default since 1.1xx: nobody may publish
 """
 
     # ---- lifecycle -------------------------------------------------------

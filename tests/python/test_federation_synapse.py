@@ -434,3 +434,41 @@ async def test_typing_receipts_state_and_redactions_cross(synapse, sparks):
         await asyncio.sleep(0.2)
     else:
         raise AssertionError("the redaction did not reach Sparks")
+
+
+async def test_public_room_directories_of_the_other_server(synapse, sparks):
+    _, bob_token = await register(sparks, "bob")
+    _, alice_token = await register(synapse, "alice")
+    marker = rand_localpart("dir")
+    status, on_sparks = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "public_chat", "visibility": "public", "name": f"sparks {marker}"})
+    assert status == 200, on_sparks
+    status, on_synapse = await raw_request(
+        synapse, "POST", "/_matrix/client/v3/createRoom", alice_token,
+        json={"preset": "public_chat", "visibility": "public", "name": f"synapse {marker}"})
+    assert status == 200, on_synapse
+
+    # Synapse's client browses Sparks' directory, and the other way round (GET and POST).
+    status, listing = await raw_request(
+        synapse, "GET", "/_matrix/client/v3/publicRooms", alice_token,
+        params={"server": sparks.server_name})
+    assert status == 200, listing
+    assert on_sparks["room_id"] in [r["room_id"] for r in listing["chunk"]], listing
+    # (Synapse fills its directory from room statistics a moment after the room is made.)
+    deadline = time.monotonic() + 20
+    while True:
+        status, listing = await raw_request(
+            sparks, "GET", "/_matrix/client/v3/publicRooms", bob_token,
+            params={"server": synapse.server_name})
+        assert status == 200, listing
+        if on_synapse["room_id"] in [r["room_id"] for r in listing["chunk"]]:
+            break
+        assert time.monotonic() < deadline, listing
+        await asyncio.sleep(0.3)
+    status, listing = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/publicRooms", bob_token,
+        params={"server": synapse.server_name},
+        json={"filter": {"generic_search_term": f"synapse {marker}"}, "limit": 5})
+    assert status == 200, listing
+    assert [r["room_id"] for r in listing["chunk"]] == [on_synapse["room_id"]], listing

@@ -16,14 +16,33 @@ use crate::{
     server::Server,
 };
 
-/// Only this server's directory for now: another server's needs federation.
-fn check_server(server: &Server, requested: Option<&ServerName>) -> Result<()> {
-    match requested {
-        Some(name) if !server.is_local(name) => Err(Error::not_found(
-            "The room directories of other servers need federation, which is not supported yet",
-        )),
-        _ => Ok(()),
+/// Another server's directory, asked over federation with the client's query (`None` when
+/// the request is for ours).
+async fn remote(
+    server: &Server,
+    requested: Option<&ServerName>,
+    query: Value,
+) -> Result<Option<Value>> {
+    let Some(name) = requested.filter(|name| !server.is_local(name)) else {
+        return Ok(None);
+    };
+    if !crate::federation::enabled(server) {
+        return Err(Error::not_found(
+            "Other servers' directories need federation, which this server does not do",
+        ));
     }
+    let answer = server
+        .federation
+        .client
+        .send(
+            server,
+            name,
+            http::Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Some(&query),
+        )
+        .await?;
+    Ok(Some(answer))
 }
 
 pub async fn get(
@@ -31,7 +50,16 @@ pub async fn get(
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<Value> {
     let body = &request.body;
-    check_server(&server, body.server.as_deref())?;
+    let mut remote_query = json!({});
+    if let Some(limit) = body.limit {
+        remote_query["limit"] = json!(limit);
+    }
+    if let Some(since) = &body.since {
+        remote_query["since"] = json!(since);
+    }
+    if let Some(answer) = remote(&server, body.server.as_deref(), remote_query).await? {
+        return Ok(answer);
+    }
     let query = Query {
         limit: body.limit.map(u64::from),
         since: body.since.clone(),
@@ -45,7 +73,20 @@ pub async fn post(
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<Value> {
     let body = &request.body;
-    check_server(&server, body.server.as_deref())?;
+    if body
+        .server
+        .as_deref()
+        .is_some_and(|name| !server.is_local(name))
+    {
+        // The client's own body, minus `server`, is the federation query.
+        let mut remote_query: Value = serde_json::from_slice(&request.json).unwrap_or_default();
+        if let Some(object) = remote_query.as_object_mut() {
+            object.remove("server");
+        }
+        if let Some(answer) = remote(&server, body.server.as_deref(), remote_query).await? {
+            return Ok(answer);
+        }
+    }
     if let RoomNetwork::ThirdParty(_) = body.room_network {
         // No bridges publish third-party networks here.
         return Ok(json!({ "chunk": [], "total_room_count_estimate": 0 }));

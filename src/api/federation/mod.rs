@@ -36,6 +36,8 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route(r, s, version::version);
     r = route_json(r, s, query::profile);
     r = route_json(r, s, query::directory);
+    r = route_json(r, s, query::public_rooms);
+    r = route_json(r, s, query::public_rooms_filtered);
     r = route(r, s, openid::userinfo);
     r = route_json(r, s, transactions::send);
     r = route_json(r, s, membership::make_join);

@@ -45,3 +45,37 @@ pub async fn directory(
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(json!({ "room_id": room.room_id, "servers": [server.server_name()] }))
 }
+
+/// `GET /_matrix/federation/v1/publicRooms`: our directory for another server.
+pub async fn public_rooms(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::directory::get_public_rooms::v1::Request>,
+) -> Result<Value> {
+    let query = crate::directory::public_rooms::Query {
+        limit: request.body.limit.map(u64::from),
+        since: request.body.since.clone(),
+        ..Default::default()
+    };
+    crate::directory::public_rooms::list(&server, &query)
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`: the same with a search filter.
+pub async fn public_rooms_filtered(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::directory::get_public_rooms_filtered::v1::Request>,
+) -> Result<Value> {
+    let body = &request.body;
+    let query = crate::directory::public_rooms::Query {
+        limit: body.limit.map(u64::from),
+        since: body.since.clone(),
+        search: body
+            .filter
+            .generic_search_term
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase),
+        room_types: None,
+    };
+    crate::directory::public_rooms::list(&server, &query)
+}
