@@ -192,6 +192,112 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A signed GET whose answer is bytes (media): (content type, body), at most `max` bytes.
+    pub async fn get_bytes(
+        &self,
+        server: &Server,
+        destination: &ServerName,
+        path: &str,
+        max: u64,
+    ) -> Result<(String, Vec<u8>)> {
+        let target = self.resolve(destination).await?;
+        let url = self.url(&target, path)?;
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .body(Vec::new())
+            .map_err(|e| Error::internal(format_args!("federation request: {e}")))?;
+        sparks_federation::auth::sign_request(
+            &mut request,
+            server.server_name(),
+            destination,
+            &server.signing_key,
+        )
+        .map_err(|e| Error::internal(format_args!("signing: {e}")))?;
+        let mut outbound = self
+            .http()?
+            .get(url)
+            .header(http::header::HOST, &target.host_header);
+        if let Some(auth) = request.headers().get(http::header::AUTHORIZATION) {
+            outbound = outbound.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let response = outbound
+            .send()
+            .await
+            .map_err(|e| remote_error(destination, describe(&e)))?;
+        if !response.status().is_success() {
+            return read_json(destination, response)
+                .await
+                .map(|_| (String::new(), Vec::new()));
+        }
+        read_limited(destination, response, max).await
+    }
+
+    /// An unsigned GET of a URL another server pointed us to (media `Location`), through the
+    /// same address guard.
+    pub async fn get_url(&self, url: &str, max: u64) -> Result<(String, Vec<u8>)> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| Error::bad_json(format!("Location: {e}")))?;
+        if let Some(host) = parsed.host_str()
+            && let Ok(ip) = host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+            && !self.filter.allows(ip)
+        {
+            return Err(Error::forbidden(
+                "Location refused by [federation] ip_range_denylist",
+            ));
+        }
+        let response =
+            self.http()?.get(parsed).send().await.map_err(|e| {
+                Error::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", describe(&e))
+            })?;
+        if !response.status().is_success() {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("media Location answered {}", response.status()),
+            ));
+        }
+        let name = ruma::server_name!("localhost");
+        read_limited(name, response, max).await
+    }
+}
+
+/// A body of at most `max` bytes, with its content type.
+async fn read_limited(
+    destination: &ServerName,
+    mut response: reqwest::Response,
+    max: u64,
+) -> Result<(String, Vec<u8>)> {
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if response.content_length().is_some_and(|len| len > max) {
+        return Err(Error::too_large(
+            "Remote media is larger than this server accepts",
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| remote_error(destination, describe(&e)))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > max {
+            return Err(Error::too_large(
+                "Remote media is larger than this server accepts",
+            ));
+        }
+    }
+    Ok((content_type, body))
+}
+
 /// A reqwest error with its causes (they say what actually failed: TLS, refused address ...).
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();

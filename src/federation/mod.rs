@@ -8,6 +8,7 @@ pub mod inbound;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod media;
 pub mod sender;
 pub mod tls;
 

@@ -32,12 +32,6 @@ pub struct Upload {
     pub body: axum::body::Body,
 }
 
-fn remote_media() -> Error {
-    Error::not_found(
-        "Media on other servers needs federation, which this server does not support yet",
-    )
-}
-
 fn too_large(max: u64) -> Error {
     Error::too_large_closing(format!("Uploads may be at most {max} bytes"))
 }
@@ -232,6 +226,36 @@ impl Media {
         Ok((media_id, stored))
     }
 
+    /// Keeps content fetched from another server under its own `mxc://` server and id.
+    pub async fn store_remote(
+        &self,
+        server: &Server,
+        origin: &ServerName,
+        media_id: &str,
+        bytes: &[u8],
+        content_type: String,
+        filename: Option<String>,
+    ) -> Result<MediaMeta> {
+        let stored = self
+            .store
+            .put(bytes, server.config.storage.sync_writes)
+            .await?;
+        let meta = MediaMeta {
+            sha256: stored.sha256.clone(),
+            size: stored.size,
+            content_type,
+            filename,
+            uploader: String::new(),
+            created_ts: now_ms(),
+        };
+        server.maps.mediaid_meta.put(
+            &server.db,
+            media_key(origin.as_str(), media_id),
+            serde_json::to_vec(&meta)?,
+        )?;
+        Ok(meta)
+    }
+
     /// The metadata of `mxc://server_name/media_id`. Content announced by `create` but not
     /// uploaded yet is waited for, up to `wait` (capped by `max_download_wait_ms`): then
     /// `504 M_NOT_YET_UPLOADED`. Unknown or expired ids are `404 M_NOT_FOUND`.
@@ -242,13 +266,18 @@ impl Media {
         media_id: &str,
         wait: Duration,
     ) -> Result<MediaMeta> {
-        if !server.is_local(server_name) {
-            return Err(remote_media());
-        }
         if !valid_media_id(media_id) {
             return Err(Error::not_found(
                 "Media not found (media ids contain only A-Z, a-z, 0-9, _ and -)",
             ));
+        }
+        if !server.is_local(server_name) {
+            // Cached from an earlier fetch, or fetched over federation now.
+            let key = media_key(server_name.as_str(), media_id);
+            if let Some(raw) = server.maps.mediaid_meta.get(&key)? {
+                return Ok(serde_json::from_slice(&raw)?);
+            }
+            return crate::federation::media::fetch_remote(server, server_name, media_id).await;
         }
         let key = media_key(server_name.as_str(), media_id);
         let wait = wait.min(Duration::from_millis(self.config.max_download_wait_ms));

@@ -4,9 +4,11 @@ Synapse runs as ``127.0.0.2:<port>`` and Sparks as ``127.0.0.3:<port>``: IP-lite
 names with explicit ports, self-signed TLS on both federation listeners, certificate checks
 off and loopback allowed on both sides (../shared/reference/federation-loopback.md).
 
-What this covers so far: each server fetches and checks the other's signing keys over TLS,
-and signed (``X-Matrix``) requests are accepted in both directions, shown with profile
-queries; unsigned and forged requests to Sparks are refused.
+Covered, both directions where it applies: signing keys fetched and checked over TLS;
+signed (``X-Matrix``) requests (profile queries; unsigned and forged ones refused); joining by
+alias with history from before the join; invites, accepting and leaving; messages, typing,
+receipts, state changes and redactions crossing; public room directories; media and
+thumbnails. Hand-made hostile PDUs are in test_federation_security.py.
 """
 
 from __future__ import annotations
@@ -472,3 +474,69 @@ async def test_public_room_directories_of_the_other_server(synapse, sparks):
         json={"filter": {"generic_search_term": f"synapse {marker}"}, "limit": 5})
     assert status == 200, listing
     assert [r["room_id"] for r in listing["chunk"]] == [on_synapse["room_id"]], listing
+
+
+def png_bytes() -> bytes:
+    """A real 64x48 PNG (so both servers can thumbnail it)."""
+    import struct
+    import zlib
+
+    width, height = 64, 48
+    raw = b"".join(
+        b"\x00" + b"".join(bytes((x * 4 % 256, y * 5 % 256, 128)) for x in range(width))
+        for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+async def upload(hs: Homeserver, token: str, data: bytes, content_type: str) -> str:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(hs.base_url + "/_matrix/media/v3/upload", data=data,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": content_type},
+                          params={"filename": "picture.png"}) as r:
+            body = await r.json()
+            assert r.status == 200, body
+            return body["content_uri"]
+
+
+async def download(hs: Homeserver, token: str, mxc: str, thumbnail: bool = False):
+    server_name, media_id = mxc[len("mxc://"):].split("/", 1)
+    kind = "thumbnail" if thumbnail else "download"
+    params = {"width": "32", "height": "32", "method": "scale"} if thumbnail else {}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{hs.base_url}/_matrix/client/v1/media/{kind}/{server_name}/{media_id}",
+                         headers={"Authorization": f"Bearer {token}"}, params=params) as r:
+            return r.status, r.headers.get("Content-Type", ""), await r.read()
+
+
+async def test_media_from_the_other_server(synapse, sparks):
+    _, bob_token = await register(sparks, "bob")
+    _, alice_token = await register(synapse, "alice")
+    picture = png_bytes()
+    on_sparks = await upload(sparks, bob_token, picture, "image/png")
+    on_synapse = await upload(synapse, alice_token, picture, "image/png")
+
+    # Synapse's client fetches Sparks' media (Synapse asks Sparks over federation) ...
+    status, kind, body = await download(synapse, alice_token, on_sparks)
+    assert status == 200, body[:200]
+    assert body == picture and kind.startswith("image/png")
+    status, kind, body = await download(synapse, alice_token, on_sparks, thumbnail=True)
+    assert status == 200, body[:200]
+    assert body[:8] == b"\x89PNG\r\n\x1a\n" or body[:2] == b"\xff\xd8", kind
+    # ... and Sparks' client fetches Synapse's (twice: the second comes from Sparks' cache).
+    for _ in range(2):
+        status, kind, body = await download(sparks, bob_token, on_synapse)
+        assert status == 200, body[:200]
+        assert body == picture and kind.startswith("image/png")
+    status, kind, body = await download(sparks, bob_token, on_synapse, thumbnail=True)
+    assert status == 200, body[:200]
+    assert kind.startswith("image/")
+    # Media the other server does not have is a 404 here too.
+    status, _, _ = await download(sparks, bob_token, f"mxc://{synapse.server_name}/nosuchmedia")
+    assert status == 404

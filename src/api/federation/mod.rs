@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
@@ -32,7 +33,15 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/key/v2/query/{server_name}", get(keys::query_one))
-        .route("/_matrix/key/v2/query", post(keys::query_batch));
+        .route("/_matrix/key/v2/query", post(keys::query_batch))
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(media::thumbnail),
+        );
     r = route(r, s, version::version);
     r = route_json(r, s, query::profile);
     r = route_json(r, s, query::directory);
