@@ -193,14 +193,16 @@ pub fn query(
     let mut failures = Map::new();
     for (user, wanted) in requested {
         if !server.is_local(user.server_name()) {
-            failures.insert(
-                user.server_name().to_string(),
-                json!({
-                    "status": 503,
-                    "message": "Querying keys of users on other servers needs federation, \
-                                which is not supported yet",
-                }),
-            );
+            // Asked of their server by the caller (federation::e2ee::query_remote).
+            if !crate::federation::enabled(server) {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({
+                        "status": 503,
+                        "message": "The user is on another server and this server does not federate",
+                    }),
+                );
+            }
             continue;
         }
         device_keys.insert(

@@ -175,6 +175,14 @@ impl KeyChange {
     }
 
     pub fn finish(self, server: &Server) {
+        if !self.private {
+            // Other servers sharing a room with the user hear of it too.
+            crate::federation::e2ee::announce_device_change(
+                server,
+                &self.user,
+                self.pending.count(),
+            );
+        }
         let users = if self.private {
             vec![self.user.clone()]
         } else {

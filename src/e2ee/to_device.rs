@@ -58,9 +58,17 @@ pub fn send(
     let count = pending.count();
     let mut seq = 0u64;
     let mut woken: Vec<OwnedUserId> = Vec::new();
+    let mut remote = Vec::new();
     for ((user, target, _), content) in messages.iter().zip(contents) {
         if !server.is_local(user.server_name()) {
-            tracing::debug!(%user, "to-device message for a remote user dropped: no federation yet");
+            // Users of other servers get it through their server (sent after the commit).
+            if server.is_local(sender.server_name()) {
+                let device = match target {
+                    DeviceIdOrAllDevices::AllDevices => "*".to_owned(),
+                    DeviceIdOrAllDevices::DeviceId(device) => device.to_string(),
+                };
+                remote.push(((*user).to_owned(), device, content));
+            }
             continue;
         }
         let devices = match target {
@@ -95,6 +103,11 @@ pub fn send(
     batch.put(&maps.todevice_txns, txn_key, count.to_be_bytes());
     server.db.commit(batch)?;
     pending.finish(woken);
+    if !remote.is_empty() {
+        // The message id is unique per sender: device and transaction id.
+        let message_id = format!("{sender_device}:{txn_id}");
+        crate::federation::e2ee::send_to_device(server, sender, event_type, &message_id, &remote)?;
+    }
     Ok(())
 }
 

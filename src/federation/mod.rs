@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod client;
+pub mod e2ee;
 pub mod inbound;
 pub mod invite;
 pub mod join;

@@ -107,17 +107,26 @@ impl Sender {
         }
         let destinations = self.servers_in_room(server, room)?;
         for destination in destinations.iter() {
+            self.queue_edu(server, destination, edu.clone());
+        }
+        Ok(())
+    }
+
+    /// Queues an EDU for one server.
+    pub fn queue_edu(&self, server: &Server, destination: &ServerName, edu: Value) {
+        if !crate::federation::enabled(server) || server.is_local(destination) {
+            return;
+        }
+        {
             let mut edus = self.edus.lock();
-            let queue = edus.entry(destination.clone()).or_default();
+            let queue = edus.entry(destination.to_owned()).or_default();
             // A destination that has been unreachable for long gets only the newest ones.
             if queue.len() >= MAX_QUEUED_EDUS {
                 queue.remove(0);
             }
-            queue.push(edu.clone());
-            drop(edus);
-            self.wake(destination);
+            queue.push(edu);
         }
-        Ok(())
+        self.wake(destination);
     }
 
     fn take_edus(&self, destination: &ServerName) -> Vec<Value> {

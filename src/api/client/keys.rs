@@ -39,7 +39,12 @@ pub async fn upload(server: Arc<Server>, request: Ruma<upload_keys::v3::Request>
 }
 
 pub async fn query(server: Arc<Server>, request: Ruma<get_keys::v3::Request>) -> Result<Value> {
-    keys::query(&server, request.user()?, &request.body.device_keys)
+    let mut result = keys::query(&server, request.user()?, &request.body.device_keys)?;
+    if crate::federation::enabled(&server) {
+        crate::federation::e2ee::query_remote(&server, &request.body.device_keys, &mut result)
+            .await;
+    }
+    Ok(result)
 }
 
 pub async fn claim(server: Arc<Server>, request: Ruma<claim_keys::v3::Request>) -> Result<Value> {
@@ -56,7 +61,11 @@ pub async fn claim(server: Arc<Server>, request: Ruma<claim_keys::v3::Request>) 
             (user.clone(), devices)
         })
         .collect();
-    claim::claim(&server, &requested)
+    let mut result = claim::claim(&server, &requested)?;
+    if crate::federation::enabled(&server) {
+        crate::federation::e2ee::claim_remote(&server, &requested, &mut result).await;
+    }
+    Ok(result)
 }
 
 pub async fn changes(

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod openid;
 pub mod query;
 pub mod transactions;
+pub mod user;
 pub mod version;
 
 use std::{collections::HashSet, sync::Arc};
@@ -57,5 +58,8 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, event::state_ids);
     r = route_json(r, s, event::missing_events);
     r = route_json(r, s, event::backfill);
+    r = route_json(r, s, user::query);
+    r = route_json(r, s, user::claim);
+    r = route_json(r, s, user::devices);
     crate::api::router::finish(r, server)
 }

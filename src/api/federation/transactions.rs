@@ -131,6 +131,12 @@ fn handle_edu(server: &Server, origin: &ruma::ServerName, edu: &Value) -> Result
             }
             Ok(())
         }
+        Some("m.device_list_update" | "m.signing_key_update") => {
+            crate::federation::e2ee::device_list_edu(server, origin, &edu["content"])
+        }
+        Some("m.direct_to_device") => {
+            crate::federation::e2ee::direct_to_device_edu(server, origin, &edu["content"])
+        }
         _ => Err(Error::unrecognized("EDU type not handled")),
     }
 }
