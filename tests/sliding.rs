@@ -271,6 +271,27 @@ async fn filters_dm_invite_encrypted_and_space() {
             .await
             .contains(&space)
     );
+    // `spaces`: only the children of the space (an m.space.child with `via`).
+    assert_eq!(
+        run(filtered(json!({ "spaces": [space] }))).await,
+        Vec::<String>::new()
+    );
+    let (status, body) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                enc(&space),
+                enc(&plain)
+            ),
+            &alice.token,
+            json!({ "via": ["localhost"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        run(filtered(json!({ "spaces": [space] }))).await,
+        vec![plain.clone()]
+    );
 
     // Bob: the DM invite, as stripped state.
     let (_, response) = sliding(

@@ -152,12 +152,64 @@ impl RoomConfig {
     }
 }
 
+/// The `spaces` filter of each list (list name -> space room ids), from the raw request.
+pub fn space_filters(raw: &[u8]) -> BTreeMap<String, Vec<OwnedRoomId>> {
+    let value: Value = serde_json::from_slice(raw).unwrap_or_default();
+    value["lists"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, list)| {
+            let spaces: Vec<OwnedRoomId> = list["filters"]["spaces"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| s.as_str().and_then(|s| OwnedRoomId::try_from(s).ok()))
+                .collect();
+            Some((name.clone(), spaces))
+        })
+        .collect()
+}
+
+/// The rooms a `spaces` filter admits: the children (`m.space.child` with `via`) of the
+/// listed spaces.
+fn space_children(server: &Server, spaces: &[OwnedRoomId]) -> Result<HashSet<OwnedRoomId>> {
+    let maps = &server.maps;
+    let mut out = HashSet::new();
+    for space in spaces {
+        if !server.rooms.exists(maps, space)? {
+            continue;
+        }
+        let state = server
+            .rooms
+            .load_state(maps, server.rooms.current_group(maps, space)?)?;
+        for pdu in server.rooms.state_events(maps, &state)? {
+            if pdu.kind.to_string() == "m.space.child"
+                && pdu.content_value()["via"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty())
+                && let Some(child) = pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| OwnedRoomId::try_from(k).ok())
+            {
+                out.insert(child);
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub async fn sync(
     server: &Server,
     user: OwnedUserId,
     device: OwnedDeviceId,
     body: v5::Request,
+    spaces: &BTreeMap<String, Vec<OwnedRoomId>>,
 ) -> Result<Value> {
+    let space_rooms: BTreeMap<String, HashSet<OwnedRoomId>> = spaces
+        .iter()
+        .map(|(list, spaces)| Ok((list.clone(), space_children(server, spaces)?)))
+        .collect::<Result<_>>()?;
     let conn_key: ConnKey = (
         user.clone(),
         device.clone(),
@@ -208,6 +260,7 @@ pub async fn sync(
             ignored: &ignored,
             since,
             now,
+            space_rooms: &space_rooms,
         };
         let (mut response, state, has_data) = build(&ctx, &body, &previous)?;
         let expired = tokio::time::Instant::now() >= deadline;
@@ -233,6 +286,7 @@ pub async fn sync(
                 ignored: &ignored,
                 since,
                 now,
+                space_rooms: &space_rooms,
             };
             let (mut response, state, _) = build(&ctx, &body, &previous)?;
             let generation = server.sliding.store(conn_key, state, false);
@@ -249,6 +303,8 @@ struct Ctx<'a> {
     ignored: &'a BTreeSet<OwnedUserId>,
     since: Option<u64>,
     now: u64,
+    /// Per list with a `spaces` filter: the rooms it admits.
+    space_rooms: &'a BTreeMap<String, HashSet<OwnedRoomId>>,
 }
 
 fn build(
@@ -269,6 +325,11 @@ fn build(
         let filtered: Vec<&Entry> = entries
             .iter()
             .filter(|e| list_filter_allows(ctx, list.filters.as_ref(), e, &direct))
+            .filter(|e| {
+                ctx.space_rooms
+                    .get(name)
+                    .is_none_or(|allowed| allowed.contains(&e.room_id))
+            })
             .collect();
         lists.insert(name.clone(), json!({ "count": filtered.len() }));
         if state.list_counts.insert(name.clone(), filtered.len()) != Some(filtered.len()) {

@@ -88,5 +88,7 @@ pub async fn sliding(
 ) -> Result<Value> {
     let user = request.owned_user()?;
     let device = request.owned_device()?;
-    sync::sliding::sync(&server, user, device, request.body).await
+    // `spaces` list filters are in MSC4186 but not in ruma's request type: read them raw.
+    let spaces = sync::sliding::space_filters(&request.json);
+    sync::sliding::sync(&server, user, device, request.body, &spaces).await
 }
