@@ -186,38 +186,11 @@ async fn take_room(
         }
     }
     let keys = signer_keys(server, rules, &events).await?;
-    let mut checked: Vec<Pdu> = Vec::with_capacity(events.len());
-    let mut seen = BTreeSet::new();
-    for object in events {
-        let event_id =
-            protocol::pdu::event_id(&object, rules).map_err(|e| Error::bad_json(e.to_string()))?;
-        if !seen.insert(event_id.clone()) {
-            continue;
-        }
-        let object = match protocol::pdu::verify(&object, rules, &keys) {
-            Ok(protocol::pdu::Integrity::Intact) => object,
-            Ok(protocol::pdu::Integrity::Redact) => {
-                ruma::canonical_json::redact(object, &rules.redaction, None)
-                    .map_err(|e| Error::bad_json(e.to_string()))?
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    http::StatusCode::BAD_GATEWAY,
-                    "M_UNKNOWN",
-                    format!("The room's state from the resident server does not verify: {e}"),
-                ));
-            }
-        };
-        let pdu = Pdu::from_json(event_id, object)?;
-        if pdu.room_id != room_id {
-            return Err(Error::bad_json(
-                "An event of another room in the room state",
-            ));
-        }
-        checked.push(pdu);
-    }
+    // CPU-bound and spread over threads: keep the async worker available meanwhile.
+    let mut checked = tokio::task::block_in_place(|| verify_all(rules, room_id, events, &keys))?;
     // Oldest first, so each event's auth events are checked before it.
     checked.sort_by_key(|p| p.depth);
+    let checked = checked;
     let create = checked
         .iter()
         .find(|p| p.kind.to_string() == "m.room.create" && p.state_key.as_deref() == Some(""))
@@ -265,24 +238,33 @@ async fn take_room(
     }
 
     // The state before our join, as the resident server sent it.
-    let state_ids: Vec<OwnedEventId> = answer["state"]
+    let state_ids: std::collections::HashSet<OwnedEventId> = answer["state"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|v| serde_json::from_value::<CanonicalJsonObject>(v.clone()).ok())
         .filter_map(|o| protocol::pdu::event_id(&o, rules).ok())
         .collect();
+    let state_events: Vec<&Pdu> = checked
+        .iter()
+        .filter(|p| p.state_key.is_some() && state_ids.contains(&p.event_id))
+        .collect();
+    let keys_wanted: Vec<(StateEventType, String)> = state_events
+        .iter()
+        .map(|p| {
+            (
+                StateEventType::from(p.kind.to_string()),
+                p.state_key.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let shorts = server
+        .rooms
+        .state
+        .intern_statekeys(&server.db, maps, &keys_wanted)?;
     let mut state = StateMap::default();
     let mut members = Vec::new();
-    for pdu in checked.iter().filter(|p| state_ids.contains(&p.event_id)) {
-        let Some(state_key) = &pdu.state_key else {
-            continue;
-        };
-        let kind = StateEventType::from(pdu.kind.to_string());
-        let key = server
-            .rooms
-            .state
-            .intern_statekey(&server.db, maps, &kind, state_key)?;
+    for (pdu, key) in state_events.iter().zip(shorts) {
         let Some(short) = server.rooms.state.event_short(maps, &pdu.event_id)? else {
             continue;
         };
@@ -330,6 +312,81 @@ async fn take_room(
 
     timeline::authorize(server, rules, &join, &state)?;
     timeline::persist(server, rules, join, group, &state, None)
+}
+
+/// Verifies signatures and hashes of the room's events on every core (the bulk of a large
+/// join's cost); events whose content does not match its hash are kept redacted.
+fn verify_all(
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    events: Vec<CanonicalJsonObject>,
+    keys: &PublicKeyMap,
+) -> Result<Vec<Pdu>> {
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = events.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Pdu>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = events
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|e| verify_one(rules, room_id, e.clone(), keys))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::internal("verification thread panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(events.len());
+    let mut seen = BTreeSet::new();
+    for part in results {
+        for pdu in part? {
+            if seen.insert(pdu.event_id.clone()) {
+                out.push(pdu);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn verify_one(
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    object: CanonicalJsonObject,
+    keys: &PublicKeyMap,
+) -> Result<Pdu> {
+    let event_id =
+        protocol::pdu::event_id(&object, rules).map_err(|e| Error::bad_json(e.to_string()))?;
+    let object = match protocol::pdu::verify(&object, rules, keys) {
+        Ok(protocol::pdu::Integrity::Intact) => object,
+        Ok(protocol::pdu::Integrity::Redact) => {
+            ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(e.to_string()))?
+        }
+        Err(e) => {
+            return Err(Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("The room's state from the resident server does not verify: {e}"),
+            ));
+        }
+    };
+    let pdu = Pdu::from_json(event_id, object)?;
+    if pdu.room_id != room_id {
+        return Err(Error::bad_json(
+            "An event of another room in the room state",
+        ));
+    }
+    Ok(pdu)
 }
 
 /// The keys of every server that signed one of `events` (fetched once per server).

@@ -122,6 +122,63 @@ impl StateStore {
         Ok(short)
     }
 
+    /// Short ids of many state keys at once, interning the new ones in one commit (a remote
+    /// join brings thousands of member keys).
+    pub fn intern_statekeys(
+        &self,
+        db: &Db,
+        maps: &Maps,
+        wanted: &[(StateEventType, String)],
+    ) -> Result<Vec<ShortStateKey>> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut missing = Vec::new();
+        for (i, (kind, state_key)) in wanted.iter().enumerate() {
+            match self.statekey_short(maps, kind, state_key)? {
+                Some(short) => out.push(short),
+                None => {
+                    out.push(0);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let _guard = self.intern_lock.lock();
+        let mut batch = db.batch();
+        let mut fresh = Vec::new();
+        for i in missing {
+            let (kind, state_key) = &wanted[i];
+            // Interned by someone else meanwhile (or twice in this list)?
+            if let Some(short) = self.statekey_short(maps, kind, state_key)? {
+                out[i] = short;
+                continue;
+            }
+            if let Some((_, short)) =
+                fresh
+                    .iter()
+                    .find(|((k, sk), _): &&((StateEventType, String), u64)| {
+                        k == kind && sk == state_key
+                    })
+            {
+                out[i] = *short;
+                continue;
+            }
+            let short = self.allocate_short(maps, &mut batch);
+            let key = keys::Key::new().s(&kind.to_string()).s(state_key).build();
+            batch.put(&maps.statekey_short, &key, short.to_be_bytes());
+            batch.put(&maps.short_statekey, short.to_be_bytes(), &key);
+            fresh.push(((kind.clone(), state_key.clone()), short));
+            out[i] = short;
+        }
+        db.commit(batch)?;
+        let mut cache = self.statekeys.lock();
+        for (key, short) in fresh {
+            cache.put(key, short);
+        }
+        Ok(out)
+    }
+
     pub fn statekey_of(
         &self,
         maps: &Maps,
