@@ -82,9 +82,11 @@ async fn join_via(
         encode(room_id.as_str()),
         encode(user.as_str())
     );
+    let started = std::time::Instant::now();
     let answer = client
         .send(server, remote, http::Method::GET, &path, None)
         .await?;
+    let make_join_ms = started.elapsed().as_millis();
     let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
         .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
     let rules = crate::rooms::version::rules(&version)?;
@@ -97,19 +99,33 @@ async fn join_via(
         encode(event_id.as_str())
     );
     let body = serde_json::to_value(&signed)?;
+    let started = std::time::Instant::now();
     let answer = client
         .send(server, remote, http::Method::PUT, &path, Some(&body))
         .await?;
+    let send_join_ms = started.elapsed().as_millis();
     // For restricted rooms the resident server countersigns the join and returns it.
     let signed = match answer.get("event").filter(|e| e.is_object()) {
         Some(event) => serde_json::from_value(event.clone())
             .map_err(|e| Error::bad_json(format!("event: {e}")))?,
         None => signed,
     };
-    take_room(
+    let started = std::time::Instant::now();
+    let joined = take_room(
         server, &rules, &version, room_id, &event_id, signed, &answer,
     )
-    .await
+    .await?;
+    tracing::info!(
+        %room_id,
+        %remote,
+        state_events = answer["state"].as_array().map_or(0, Vec::len),
+        auth_chain = answer["auth_chain"].as_array().map_or(0, Vec::len),
+        make_join_ms,
+        send_join_ms,
+        checked_and_stored_ms = started.elapsed().as_millis(),
+        "joined a room over federation"
+    );
+    Ok(joined)
 }
 
 /// Fills in and signs the template a resident server gave us.
