@@ -19,6 +19,17 @@ use crate::{
     storage::keys::Key,
 };
 
+/// The state event types invitees and knockers get to see (with empty state keys).
+pub const STRIPPED_TYPES: &[StateEventType] = &[
+    StateEventType::RoomCreate,
+    StateEventType::RoomJoinRules,
+    StateEventType::RoomName,
+    StateEventType::RoomAvatar,
+    StateEventType::RoomCanonicalAlias,
+    StateEventType::RoomEncryption,
+    StateEventType::RoomTopic,
+];
+
 /// Sends an invite built and authorised here to the invitee's server and appends the
 /// countersigned event it returns. The caller holds the room's lock.
 pub async fn invite_remote(server: &Server, pdu: Pdu, group: u64) -> Result<()> {
@@ -32,16 +43,8 @@ pub async fn invite_remote(server: &Server, pdu: Pdu, group: u64) -> Result<()> 
     let rules = crate::rooms::version::rules(&version)?;
     let state = server.rooms.load_state(maps, group)?;
     let mut stripped = Vec::new();
-    for kind in [
-        StateEventType::RoomCreate,
-        StateEventType::RoomJoinRules,
-        StateEventType::RoomName,
-        StateEventType::RoomAvatar,
-        StateEventType::RoomCanonicalAlias,
-        StateEventType::RoomEncryption,
-        StateEventType::RoomTopic,
-    ] {
-        if let Some(event) = server.rooms.state_event(maps, &state, &kind, "")? {
+    for kind in STRIPPED_TYPES {
+        if let Some(event) = server.rooms.state_event(maps, &state, kind, "")? {
             // Full PDUs, as the spec requires since Matrix 1.16.
             stripped.push(event.to_federation_value());
         }
@@ -183,6 +186,18 @@ fn store_invite(
     target: &UserId,
     invite_room_state: Vec<Value>,
 ) -> Result<()> {
+    store_membership(server, pdu, target, "invite", Some(invite_room_state))
+}
+
+/// Records a membership of our user in a room we are not in (invited, knocking, left) with
+/// its event, and the room's stripped state when given; wakes the user's syncs.
+pub fn store_membership(
+    server: &Server,
+    pdu: &Pdu,
+    target: &UserId,
+    membership: &str,
+    stripped_state: Option<Vec<Value>>,
+) -> Result<()> {
     let maps = &server.maps;
     let mut batch = server.db.batch();
     if server
@@ -201,17 +216,19 @@ fn store_invite(
         pdu.event_id.as_bytes(),
         serde_json::to_vec(&pdu.json)?,
     );
-    batch.put(
-        &maps.roomuser_invitestate,
-        Key::new()
-            .s(pdu.room_id.as_str())
-            .s(target.as_str())
-            .build(),
-        serde_json::to_vec(&invite_room_state)?,
-    );
+    if let Some(stripped) = stripped_state {
+        batch.put(
+            &maps.roomuser_invitestate,
+            Key::new()
+                .s(pdu.room_id.as_str())
+                .s(target.as_str())
+                .build(),
+            serde_json::to_vec(&stripped)?,
+        );
+    }
     let pending = server.stream.next(maps, &mut batch);
     let record = Membership {
-        membership: "invite".into(),
+        membership: membership.into(),
         count: pending.count(),
         event_id: pdu.event_id.clone(),
         last_join_count: server

@@ -90,8 +90,15 @@ async fn join_via(
     let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
         .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
     let rules = crate::rooms::version::rules(&version)?;
-    let (event_id, signed) =
-        sign_template(server, &rules, &answer["event"], room_id, user, content)?;
+    let (event_id, signed) = sign_template(
+        server,
+        &rules,
+        &answer["event"],
+        room_id,
+        user,
+        content,
+        "join",
+    )?;
 
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -136,6 +143,7 @@ fn sign_template(
     room_id: &RoomId,
     user: &UserId,
     content: &Map<String, Value>,
+    membership: &str,
 ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
     let mut event: CanonicalJsonObject = serde_json::from_value(template.clone())
         .map_err(|e| Error::bad_json(format!("join template: {e}")))?;
@@ -145,9 +153,9 @@ fn sign_template(
         || !is("state_key", user.as_str())
         || !is("room_id", room_id.as_str())
     {
-        return Err(Error::bad_json(
-            "The join template is not for this user and room",
-        ));
+        return Err(Error::bad_json(format!(
+            "The {membership} template is not for this user and room"
+        )));
     }
     let mut merged = match event.get("content") {
         Some(CanonicalJsonValue::Object(c)) => c.clone(),
@@ -160,7 +168,7 @@ fn sign_template(
     }
     merged.insert(
         "membership".into(),
-        CanonicalJsonValue::String("join".into()),
+        CanonicalJsonValue::String(membership.into()),
     );
     event.insert("content".into(), CanonicalJsonValue::Object(merged));
     event.insert(
@@ -505,4 +513,155 @@ pub async fn resolve_alias(
         servers.insert(0, alias.server_name().to_owned());
     }
     Ok((room_id, servers))
+}
+
+/// Leaves (rejects an invite, rescinds a knock) a room we are not in, through `servers`.
+pub async fn leave_remote(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+) -> Result<()> {
+    handshake(server, room_id, user, content, servers, "leave").await
+}
+
+/// Knocks on a room we are not in, through `servers`.
+pub async fn knock_remote(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+) -> Result<()> {
+    handshake(server, room_id, user, content, servers, "knock").await
+}
+
+/// make_{leave,knock} → our signature → send_{leave,knock}, then the user's membership here.
+async fn handshake(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+    content: Map<String, Value>,
+    servers: &[OwnedServerName],
+    membership: &str,
+) -> Result<()> {
+    if !super::enabled(server) {
+        return Err(Error::not_found(
+            "The room is on other servers and this server does not federate",
+        ));
+    }
+    let mut last = Error::not_found("No server to reach the room through (give one with `via`)");
+    for remote in servers.iter().filter(|s| !server.is_local(s)) {
+        match handshake_via(server, remote, room_id, user, &content, membership).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::info!(%remote, %room_id, %error, membership, "remote membership failed");
+                if error.status == http::StatusCode::FORBIDDEN {
+                    return Err(error);
+                }
+                last = error;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn handshake_via(
+    server: &Server,
+    remote: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    content: &Map<String, Value>,
+    membership: &str,
+) -> Result<()> {
+    let client = &server.federation.client;
+    let versions: String = crate::rooms::version::SUPPORTED
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path = format!(
+        "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
+        encode(room_id.as_str()),
+        encode(user.as_str())
+    );
+    let answer = client
+        .send(server, remote, http::Method::GET, &path, None)
+        .await?;
+    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+        .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
+    let rules = crate::rooms::version::rules(&version)?;
+    let (event_id, signed) = sign_template(
+        server,
+        &rules,
+        &answer["event"],
+        room_id,
+        user,
+        content,
+        membership,
+    )?;
+    let path = match membership {
+        "leave" => format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        ),
+        _ => format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        ),
+    };
+    let body = serde_json::to_value(&signed)?;
+    let answer = client
+        .send(server, remote, http::Method::PUT, &path, Some(&body))
+        .await?;
+    let stripped: Vec<Value> = answer["knock_room_state"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|event| {
+            Some(serde_json::json!({
+                "type": event.get("type")?,
+                "state_key": event.get("state_key")?,
+                "content": event.get("content")?,
+                "sender": event.get("sender")?,
+            }))
+        })
+        .collect();
+    let pdu = Pdu::from_json(event_id, signed)?;
+    super::invite::store_membership(
+        server,
+        &pdu,
+        user,
+        membership,
+        Some(stripped).filter(|_| membership == "knock"),
+    )
+}
+
+/// Servers that may let us leave or join a room we are not in: those named in the stored
+/// invite or knock state (the inviter's first), for rooms whose id names no server.
+pub fn servers_from_stored_state(
+    server: &Server,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Vec<OwnedServerName> {
+    let mut out: Vec<OwnedServerName> = Vec::new();
+    if let Ok(Some(membership)) = server.rooms.membership(&server.maps, room_id, user)
+        && let Ok(Some(pdu)) = server.rooms.pdu(&server.maps, &membership.event_id)
+        && !server.is_local(pdu.sender.server_name())
+    {
+        out.push(pdu.sender.server_name().to_owned());
+    }
+    for event in super::invite::stored_invite_state(server, room_id, user) {
+        if let Some(sender) = event["sender"].as_str()
+            && let Ok(sender) = <&UserId>::try_from(sender)
+            && !server.is_local(sender.server_name())
+            && !out.iter().any(|s| s == sender.server_name())
+        {
+            out.push(sender.server_name().to_owned());
+        }
+    }
+    out
 }

@@ -185,6 +185,25 @@ pub async fn leave(
     user: &UserId,
     reason: Option<&str>,
 ) -> Result<()> {
+    let current = server.rooms.membership(&server.maps, room_id, user)?;
+    let resident = server.rooms.exists(&server.maps, room_id)?
+        && !server.rooms.local_joined(server, room_id)?.is_empty();
+    if !resident
+        && current
+            .as_ref()
+            .is_some_and(|m| matches!(m.membership.as_str(), "invite" | "knock"))
+    {
+        // Rejecting an invite or rescinding a knock in a room only other servers are in.
+        let servers = crate::federation::join::servers_from_stored_state(server, room_id, user);
+        return crate::federation::join::leave_remote(
+            server,
+            room_id,
+            user,
+            base_content("leave", reason),
+            &servers,
+        )
+        .await;
+    }
     if !server.rooms.exists(&server.maps, room_id)? {
         return Err(Error::not_found("Unknown room"));
     }
@@ -312,11 +331,21 @@ pub async fn knock(
     room_id: &RoomId,
     user: &UserId,
     reason: Option<&str>,
+    via: &[ruma::OwnedServerName],
 ) -> Result<()> {
-    if !server.rooms.exists(&server.maps, room_id)? {
-        return Err(Error::not_found(
-            "This server does not know the room (knocking over federation is not supported yet)",
-        ));
+    let resident = server.rooms.exists(&server.maps, room_id)?
+        && !server.rooms.local_joined(server, room_id)?.is_empty();
+    if !resident {
+        if let Some(m) = server.rooms.membership(&server.maps, room_id, user)?
+            && matches!(m.membership.as_str(), "join" | "invite" | "ban")
+        {
+            return Err(Error::forbidden(format!(
+                "You cannot knock: your membership is {}",
+                m.membership
+            )));
+        }
+        let content = with_profile(server, user, base_content("knock", reason))?;
+        return crate::federation::join::knock_remote(server, room_id, user, content, via).await;
     }
     let _lock = server.rooms.lock(room_id).await;
     if let Some(m) = server.rooms.membership(&server.maps, room_id, user)? {

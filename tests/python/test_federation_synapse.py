@@ -540,3 +540,91 @@ async def test_media_from_the_other_server(synapse, sparks):
     # Media the other server does not have is a 404 here too.
     status, _, _ = await download(sparks, bob_token, f"mxc://{synapse.server_name}/nosuchmedia")
     assert status == 404
+
+
+async def member_state(hs: Homeserver, token: str, room_id: str, user: str) -> str | None:
+    status, event = await raw_request(
+        hs, "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{user}", token)
+    return event.get("membership") if status == 200 else None
+
+
+async def wait_for_membership(hs: Homeserver, token: str, room_id: str, user: str,
+                              membership: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await member_state(hs, token, room_id, user) == membership:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{user} is not '{membership}' on {hs.impl}")
+
+
+KNOCK_ROOM = {"preset": "private_chat",
+              "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                                 "content": {"join_rule": "knock"}}]}
+
+
+async def test_knock_and_admit_both_ways_and_reject_an_invite(synapse, sparks):
+    alice, alice_token = await register(synapse, "alice")
+    bob, bob_token = await register(sparks, "bob")
+
+    # Alice (Synapse) knocks on Bob's room on Sparks; Bob admits her with an invite.
+    status, room = await raw_request(sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+                                     json=KNOCK_ROOM)
+    assert status == 200, room
+    on_sparks = room["room_id"]
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/knock/{on_sparks}", alice_token,
+        json={"reason": "let me in"}, params={"server_name": sparks.server_name})
+    assert status == 200, reply
+    await wait_for_membership(sparks, bob_token, on_sparks, alice, "knock")
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{on_sparks}/invite", bob_token,
+        json={"user_id": alice})
+    assert status == 200, reply
+    await sync_until(synapse, alice_token,
+                     lambda r: r.get("rooms", {}).get("invite", {}).get(on_sparks))
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/rooms/{on_sparks}/join", alice_token, json={})
+    assert status == 200, reply
+    await wait_for_membership(sparks, bob_token, on_sparks, alice, "join")
+
+    # Bob (Sparks) knocks on Alice's room on Synapse; Alice admits him; he joins.
+    status, room = await raw_request(synapse, "POST", "/_matrix/client/v3/createRoom",
+                                     alice_token, json=KNOCK_ROOM)
+    assert status == 200, room
+    on_synapse = room["room_id"]
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/knock/{on_synapse}", bob_token,
+        json={"reason": "me too"}, params={"via": synapse.server_name})
+    assert status == 200, reply
+    knock = await sync_until(sparks, bob_token,
+                             lambda r: r.get("rooms", {}).get("knock", {}).get(on_synapse))
+    assert knock["knock_state"]["events"], knock
+    await wait_for_membership(synapse, alice_token, on_synapse, bob, "knock")
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/rooms/{on_synapse}/invite", alice_token,
+        json={"user_id": bob})
+    assert status == 200, reply
+    await sync_until(sparks, bob_token,
+                     lambda r: r.get("rooms", {}).get("invite", {}).get(on_synapse))
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{on_synapse}/join", bob_token, json={})
+    assert status == 200, reply
+    await wait_for_membership(synapse, alice_token, on_synapse, bob, "join")
+
+    # An invite from Synapse that Bob rejects: Synapse sees him leave.
+    status, room = await raw_request(synapse, "POST", "/_matrix/client/v3/createRoom",
+                                     alice_token, json={"preset": "private_chat",
+                                                        "invite": [bob]})
+    assert status == 200, room
+    rejected = room["room_id"]
+    await sync_until(sparks, bob_token,
+                     lambda r: r.get("rooms", {}).get("invite", {}).get(rejected))
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{rejected}/leave", bob_token, json={})
+    assert status == 200, reply
+    await wait_for_membership(synapse, alice_token, rejected, bob, "leave")
+    left = await sync_until(sparks, bob_token,
+                            lambda r: r.get("rooms", {}).get("leave", {}).get(rejected) or
+                            (rejected not in r.get("rooms", {}).get("invite", {}) and {"ok": 1}))
+    assert left

@@ -93,8 +93,16 @@ pub async fn knock(
     request: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let user = request.owned_user()?;
-    let (room_id, _) = resolve(&server, &request.body.room_id_or_alias).await?;
-    membership::knock(&server, &room_id, &user, request.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve(&server, &request.body.room_id_or_alias).await?;
+    servers.extend(request.body.via.iter().cloned());
+    membership::knock(
+        &server,
+        &room_id,
+        &user,
+        request.body.reason.as_deref(),
+        &servers,
+    )
+    .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 

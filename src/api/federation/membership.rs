@@ -25,17 +25,63 @@ pub async fn make_join(
 ) -> Result<Value> {
     let origin = request.origin()?;
     let body = &request.body;
-    let room_id = &body.room_id;
-    if body.user_id.server_name() != origin {
+    template(
+        &server,
+        origin,
+        &body.room_id,
+        &body.user_id,
+        "join",
+        Some(&body.ver),
+    )
+    .await
+}
+
+pub async fn make_leave(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::membership::prepare_leave_event::v1::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?;
+    let body = &request.body;
+    template(&server, origin, &body.room_id, &body.user_id, "leave", None).await
+}
+
+pub async fn make_knock(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::membership::prepare_knock_event::v1::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?;
+    let body = &request.body;
+    template(
+        &server,
+        origin,
+        &body.room_id,
+        &body.user_id,
+        "knock",
+        Some(&body.ver),
+    )
+    .await
+}
+
+/// A membership template (join, leave, knock) for a user of `origin`, refused early if the
+/// room's rules would not allow it now.
+async fn template(
+    server: &Arc<Server>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    membership: &str,
+    versions: Option<&[ruma::RoomVersionId]>,
+) -> Result<Value> {
+    if user.server_name() != origin {
         return Err(Error::forbidden("The user is not on the requesting server"));
     }
-    check_resident(&server, room_id, origin)?;
+    check_resident(server, room_id, origin)?;
     let version = server.rooms.version(&server.maps, room_id)?;
-    if !body.ver.contains(&version) {
+    if versions.is_some_and(|supported| !supported.contains(&version)) {
         return Err(Error::new(
             http::StatusCode::BAD_REQUEST,
             "M_INCOMPATIBLE_ROOM_VERSION",
-            format!("The room is version {version}, which the joining server does not support"),
+            format!("The room is version {version}, which the requesting server does not support"),
         )
         .with_field("room_version", json!(version)));
     }
@@ -43,22 +89,21 @@ pub async fn make_join(
     let _lock = server.rooms.lock(room_id).await;
     let group = server.rooms.current_group(&server.maps, room_id)?;
     let state = server.rooms.load_state(&server.maps, group)?;
-    let join = NewEvent::state(
+    let event = NewEvent::state(
         TimelineEventType::RoomMember,
-        body.user_id.as_str(),
-        json!({ "membership": "join" }),
+        user.as_str(),
+        json!({ "membership": membership }),
     );
     let pdu = timeline::build(
-        &server,
+        server,
         Some(room_id),
         &version,
         &rules,
         &state,
-        &body.user_id,
-        &join,
+        user,
+        &event,
     )?;
-    // The join must be allowed now (invite, public room ...): refuse early, as the spec says.
-    timeline::authorize(&server, &rules, &pdu, &state)?;
+    timeline::authorize(server, &rules, &pdu, &state)?;
     let mut template = pdu.json.clone();
     template.remove("signatures");
     template.remove("hashes");
@@ -74,6 +119,105 @@ pub async fn send_join_v2(
     send_join(&server, &origin, &body.room_id, &body.event_id, &body.pdu).await
 }
 
+pub async fn send_leave_v2(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::membership::create_leave_event::v2::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?.to_owned();
+    let body = &request.body;
+    accept_membership(
+        &server,
+        &origin,
+        &body.room_id,
+        &body.event_id,
+        &body.pdu,
+        "leave",
+    )
+    .await?;
+    Ok(json!({}))
+}
+
+pub async fn send_knock(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::membership::create_knock_event::v1::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?.to_owned();
+    let body = &request.body;
+    accept_membership(
+        &server,
+        &origin,
+        &body.room_id,
+        &body.event_id,
+        &body.pdu,
+        "knock",
+    )
+    .await?;
+    // What the knocker may see of the room: the stripped-state event types, as full PDUs.
+    let maps = &server.maps;
+    let mut state = Vec::new();
+    for kind in crate::federation::invite::STRIPPED_TYPES {
+        if let Some(event) = server
+            .rooms
+            .current_state_event(maps, &body.room_id, kind, "")?
+        {
+            state.push(event.to_federation_value());
+        }
+    }
+    Ok(json!({ "knock_room_state": state }))
+}
+
+/// Takes a signed membership event (leave, knock) from `origin` into the room and passes it
+/// on to the other servers in it.
+async fn accept_membership(
+    server: &Arc<Server>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    raw: &serde_json::value::RawValue,
+    membership: &str,
+) -> Result<()> {
+    check_resident(server, room_id, origin)?;
+    let object = protocol::pdu::parse(raw).map_err(|e| Error::bad_json(e.to_string()))?;
+    check_membership_event(&object, room_id, origin, membership)?;
+    let version = server.rooms.version(&server.maps, room_id)?;
+    let rules = crate::rooms::version::rules(&version)?;
+    let computed =
+        protocol::pdu::event_id(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+    if computed != event_id {
+        return Err(Error::bad_json("Event id does not match the event"));
+    }
+    let (_, outcome) = inbound::handle_object(server, origin, object, 0).await;
+    outcome?;
+    forward(server, origin, room_id, event_id)
+}
+
+/// Sends an event a server handed us directly to every other server in the room.
+fn forward(
+    server: &Server,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+) -> Result<()> {
+    let (Some(pdu), Some(meta)) = (
+        server.rooms.pdu(&server.maps, event_id)?,
+        server.rooms.event_meta(&server.maps, event_id)?,
+    ) else {
+        return Ok(());
+    };
+    let others: Vec<_> = server
+        .federation
+        .sender
+        .servers_in_room(server, room_id)?
+        .iter()
+        .filter(|s| s.as_str() != origin.as_str())
+        .cloned()
+        .collect();
+    server
+        .federation
+        .sender
+        .queue_pdu(server, &pdu, meta.count, &others)
+}
+
 async fn send_join(
     server: &Arc<Server>,
     origin: &ServerName,
@@ -83,7 +227,7 @@ async fn send_join(
 ) -> Result<Value> {
     check_resident(server, room_id, origin)?;
     let object = protocol::pdu::parse(raw).map_err(|e| Error::bad_json(e.to_string()))?;
-    check_join_event(&object, room_id, origin)?;
+    check_membership_event(&object, room_id, origin, "join")?;
     let version = server.rooms.version(&server.maps, room_id)?;
     let rules = crate::rooms::version::rules(&version)?;
     let computed =
@@ -98,20 +242,7 @@ async fn send_join(
         .event_meta(&server.maps, event_id)?
         .ok_or_else(|| Error::internal("join persisted without metadata"))?;
     // Everyone else in the room hears of the join from us.
-    if let Some(pdu) = server.rooms.pdu(&server.maps, event_id)? {
-        let others: Vec<_> = server
-            .federation
-            .sender
-            .servers_in_room(server, room_id)?
-            .iter()
-            .filter(|s| s.as_str() != origin.as_str())
-            .cloned()
-            .collect();
-        server
-            .federation
-            .sender
-            .queue_pdu(server, &pdu, meta.count, &others)?;
-    }
+    forward(server, origin, room_id, event_id)?;
     let (state, auth_chain) = state_and_auth_chain(server, meta.state_before)?;
     let mut servers: Vec<String> = server
         .federation
@@ -165,11 +296,12 @@ fn check_resident(server: &Server, room_id: &RoomId, origin: &ServerName) -> Res
     Ok(())
 }
 
-/// A join for a user of `origin` into this room, and nothing else.
-fn check_join_event(
+/// A membership event of the expected kind for a user of `origin` in this room, nothing else.
+fn check_membership_event(
     object: &CanonicalJsonObject,
     room_id: &RoomId,
     origin: &ServerName,
+    expected: &str,
 ) -> Result<()> {
     let text = |field: &str| match object.get(field) {
         Some(CanonicalJsonValue::String(s)) => Some(s.as_str()),
@@ -187,14 +319,14 @@ fn check_join_event(
         sender.split_once(':').map_or("", |(_, server)| server)
     });
     if text("type") != Some("m.room.member")
-        || membership != Some("join")
+        || membership != Some(expected)
         || text("state_key") != Some(sender)
         || text("room_id") != Some(room_id.as_str())
         || sender_server != origin.as_str()
     {
-        return Err(Error::bad_json(
-            "Not a join of a user of the sending server into this room",
-        ));
+        return Err(Error::bad_json(format!(
+            "Not a {expected} of a user of the sending server in this room"
+        )));
     }
     Ok(())
 }

@@ -53,6 +53,10 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, membership::make_join);
     r = route_json(r, s, membership::send_join_v2);
     r = route_json(r, s, membership::invite_v2);
+    r = route_json(r, s, membership::make_leave);
+    r = route_json(r, s, membership::send_leave_v2);
+    r = route_json(r, s, membership::make_knock);
+    r = route_json(r, s, membership::send_knock);
     r = route_json(r, s, event::event);
     r = route_json(r, s, event::state);
     r = route_json(r, s, event::state_ids);
