@@ -82,7 +82,16 @@ async def fill_room(host: Homeserver, room: str, members: int, have: int) -> Non
                                         json={}, headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200, await r.text()
         start = time.monotonic()
-        await asyncio.gather(*(one() for _ in range(members - have)))
+        done = 0
+
+        async def counted() -> None:
+            nonlocal done
+            await one()
+            done += 1
+            if done % 1000 == 0:
+                print(f"[bench] ... {have + done} members ({time.monotonic() - start:.0f}s)",
+                      flush=True)
+        await asyncio.gather(*(counted() for _ in range(members - have)))
         print(f"[bench] host room filled to {members} members in "
               f"{time.monotonic() - start:.0f}s", flush=True)
 

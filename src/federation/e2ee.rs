@@ -2,7 +2,7 @@
 //! other servers, to-device messages to them (`m.direct_to_device` EDUs), and device-list
 //! changes announced both ways (`m.device_list_update`, `m.signing_key_update`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{Map, Value, json};
@@ -147,17 +147,7 @@ pub fn announce_device_change(server: &Server, user: &UserId, stream_id: u64) {
     if !super::enabled(server) || !server.is_local(user.server_name()) {
         return;
     }
-    let mut destinations = BTreeSet::new();
-    if let Ok(rooms) = server.rooms.rooms_of(&server.maps, user) {
-        for (room, membership) in rooms {
-            if membership.membership != "join" {
-                continue;
-            }
-            if let Ok(servers) = server.federation.sender.servers_in_room(server, &room) {
-                destinations.extend(servers.iter().cloned());
-            }
-        }
-    }
+    let destinations = super::sender::servers_sharing_rooms(server, user);
     let devices = server.users.devices(&server.maps, user).unwrap_or_default();
     for destination in destinations {
         for device in &devices {

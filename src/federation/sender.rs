@@ -112,6 +112,13 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues an EDU for every other server that shares a room with `user`.
+    pub fn queue_user_edu(&self, server: &Server, user: &ruma::UserId, edu: Value) {
+        for destination in servers_sharing_rooms(server, user) {
+            self.queue_edu(server, &destination, edu.clone());
+        }
+    }
+
     /// Queues an EDU for one server.
     pub fn queue_edu(&self, server: &Server, destination: &ServerName, edu: Value) {
         if !crate::federation::enabled(server) || server.is_local(destination) {
@@ -312,4 +319,25 @@ async fn send_transaction(
         }
     }
     Ok(())
+}
+
+/// The other servers with members in a room `user` is joined to.
+pub fn servers_sharing_rooms(server: &Server, user: &ruma::UserId) -> Vec<OwnedServerName> {
+    if !crate::federation::enabled(server) {
+        return Vec::new();
+    }
+    let mut out = HashSet::new();
+    if let Ok(rooms) = server.rooms.rooms_of(&server.maps, user) {
+        for (room, membership) in rooms {
+            if membership.membership != "join" {
+                continue;
+            }
+            if let Ok(servers) = server.federation.sender.servers_in_room(server, &room) {
+                out.extend(servers.iter().cloned());
+            }
+        }
+    }
+    let mut out: Vec<_> = out.into_iter().collect();
+    out.sort();
+    out
 }

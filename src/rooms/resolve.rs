@@ -33,6 +33,15 @@ pub fn auth_chain(server: &Server, start: &[OwnedEventId]) -> Result<HashSet<Own
             todo.extend(pdu.auth_events.iter().cloned());
         }
     }
+    // Since room version 12 the create event is an implied auth event of every other event
+    // (the room id names it), so it is not reached through `auth_events`: add it.
+    if let Some(first) = start.first()
+        && let Some(pdu) = server.rooms.pdu(&server.maps, first)?
+        && let Some(meta) = server.rooms.meta(&server.maps, &pdu.room_id)?
+        && !start.contains(&meta.create_event_id)
+    {
+        seen.insert(meta.create_event_id);
+    }
     Ok(seen)
 }
 

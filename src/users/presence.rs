@@ -78,6 +78,20 @@ pub fn set(
     );
     server.db.commit(batch)?;
     pending.finish(room_mates(server, user)?);
+    // Other servers sharing a room with our user hear of it.
+    if server.is_local(user.server_name()) && crate::federation::enabled(server) {
+        let mut entry = json!({
+            "user_id": user,
+            "presence": record.presence,
+            "last_active_ago": 0,
+            "currently_active": record.presence == "online",
+        });
+        if let Some(msg) = &record.status_msg {
+            entry["status_msg"] = json!(msg);
+        }
+        let edu = json!({ "edu_type": "m.presence", "content": { "push": [entry] } });
+        server.federation.sender.queue_user_edu(server, user, edu);
+    }
     Ok(())
 }
 

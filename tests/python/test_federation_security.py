@@ -227,6 +227,24 @@ async def test_power_levels_are_enforced_across_servers(synapse, sparks, setup):
     assert after == levels
 
 
+async def test_event_auth_and_state_ids_are_served_to_room_members(synapse, sparks, setup):  # noqa: F811
+    as_synapse = AsSynapse(synapse, sparks)
+    room, token = setup["room"], setup["bob_token"]
+    status, page = await raw_request(sparks, "GET", f"/_matrix/client/v3/rooms/{room}/messages",
+                                     token, params={"dir": "b", "limit": "1"})
+    assert status == 200, page
+    latest = page["chunk"][0]["event_id"]
+    status, reply = await as_synapse.request(
+        "GET", f"/_matrix/federation/v1/event_auth/{quote(room)}/{quote(latest)}")
+    assert status == 200, reply
+    kinds = {e["type"] for e in reply["auth_chain"]}
+    assert {"m.room.create", "m.room.power_levels", "m.room.member"} <= kinds, kinds
+    status, reply = await as_synapse.request(
+        "GET", f"/_matrix/federation/v1/state_ids/{quote(room)}?event_id={quote(latest)}")
+    assert status == 200, reply
+    assert reply["pdu_ids"] and reply["auth_chain_ids"], reply
+
+
 async def test_a_server_denied_by_the_acl_cannot_send(synapse, sparks, setup):  # noqa: F811
     as_synapse = AsSynapse(synapse, sparks)
     host = synapse.server_name.split(":")[0]
@@ -246,3 +264,4 @@ async def test_a_server_denied_by_the_acl_cannot_send(synapse, sparks, setup):  
     status, reply = await as_synapse.request(
         "GET", f"/_matrix/federation/v1/event/{quote(event_id)}")
     assert status in (403, 404), reply
+

@@ -628,3 +628,41 @@ async def test_knock_and_admit_both_ways_and_reject_an_invite(synapse, sparks):
                             lambda r: r.get("rooms", {}).get("leave", {}).get(rejected) or
                             (rejected not in r.get("rooms", {}).get("invite", {}) and {"ok": 1}))
     assert left
+
+
+async def test_presence_crosses_between_room_mates(synapse, sparks):
+    bob, bob_token = await register(sparks, "bob")
+    alice, alice_token = await register(synapse, "alice")
+    status, room = await raw_request(sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+                                     json={"preset": "public_chat"})
+    assert status == 200, room
+    status, reply = await raw_request(synapse, "POST", f"/_matrix/client/v3/join/{room['room_id']}",
+                                      alice_token, json={},
+                                      params={"server_name": sparks.server_name})
+    assert status == 200, reply
+
+    async def set_and_wait(source, source_token, user, presence, message, target, token):
+        # Set again every few seconds: right after a join Synapse may not count the user as a
+        # room-mate yet and drops presence from them (its own cache, not the EDU).
+        deadline = time.monotonic() + 30
+        next_set = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_set:
+                status, _ = await raw_request(
+                    source, "PUT", f"/_matrix/client/v3/presence/{user}/status", source_token,
+                    json={"presence": presence, "status_msg": message})
+                assert status == 200
+                next_set = time.monotonic() + 5
+            status, seen = await raw_request(
+                target, "GET", f"/_matrix/client/v3/presence/{user}/status", token)
+            if status == 200 and seen.get("status_msg") == message:
+                return seen
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"{user}'s status {message!r} did not reach {target.impl}")
+
+    presence = await set_and_wait(sparks, bob_token, bob, "online", "on sparks",
+                                  synapse, alice_token)
+    assert presence["presence"] == "online"
+    presence = await set_and_wait(synapse, alice_token, alice, "unavailable", "on synapse",
+                                  sparks, bob_token)
+    assert presence["presence"] == "unavailable"

@@ -39,7 +39,8 @@ pub async fn get(server: Arc<Server>, request: Ruma<get_presence::v3::Request>) 
     if *target != user && !presence::room_mates(&server, target)?.contains(&user) {
         return Err(Error::forbidden("You do not share a room with this user"));
     }
-    if !server.users.exists(&server.maps, target)? {
+    // Users of other servers: what their server told us (room-mates only, checked above).
+    if server.is_local(target.server_name()) && !server.users.exists(&server.maps, target)? {
         return Err(Error::not_found("Unknown user"));
     }
     let record = presence::get(&server.maps, target)?.unwrap_or(presence::Presence {

@@ -176,3 +176,26 @@ pub async fn backfill(
         "pdus": found.iter().map(|p| p.to_federation_value()).collect::<Vec<_>>(),
     }))
 }
+
+/// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`: the event's full auth chain.
+pub async fn event_auth(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::authorization::get_event_authorization::v1::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?;
+    let body = &request.body;
+    check_in_room(&server, &body.room_id, origin)?;
+    let pdu = server
+        .rooms
+        .pdu(&server.maps, &body.event_id)?
+        .filter(|p| p.room_id == body.room_id)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let chain = crate::rooms::resolve::auth_chain(&server, std::slice::from_ref(&pdu.event_id))?;
+    let mut events = Vec::with_capacity(chain.len());
+    for id in chain {
+        if let Some(event) = server.rooms.pdu(&server.maps, &id)? {
+            events.push(event.to_federation_value());
+        }
+    }
+    Ok(json!({ "auth_chain": events }))
+}

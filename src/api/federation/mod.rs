@@ -62,6 +62,7 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, event::state_ids);
     r = route_json(r, s, event::missing_events);
     r = route_json(r, s, event::backfill);
+    r = route_json(r, s, event::event_auth);
     r = route_json(r, s, user::query);
     r = route_json(r, s, user::claim);
     r = route_json(r, s, user::devices);

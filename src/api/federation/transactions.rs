@@ -131,6 +131,26 @@ fn handle_edu(server: &Server, origin: &ruma::ServerName, edu: &Value) -> Result
             }
             Ok(())
         }
+        Some("m.presence") => {
+            for entry in edu["content"]["push"].as_array().into_iter().flatten() {
+                let Some(user) = entry["user_id"]
+                    .as_str()
+                    .and_then(|u| ruma::OwnedUserId::try_from(u).ok())
+                else {
+                    continue;
+                };
+                let presence = entry["presence"].as_str().unwrap_or_default();
+                // Only the origin's own users, with a state the spec knows.
+                if user.server_name() != origin
+                    || !matches!(presence, "online" | "unavailable" | "offline")
+                {
+                    continue;
+                }
+                let status = entry["status_msg"].as_str().map(str::to_owned);
+                crate::users::presence::set(server, &user, presence, Some(status))?;
+            }
+            Ok(())
+        }
         Some("m.device_list_update" | "m.signing_key_update") => {
             crate::federation::e2ee::device_list_edu(server, origin, &edu["content"])
         }
