@@ -666,3 +666,32 @@ async def test_presence_crosses_between_room_mates(synapse, sparks):
     presence = await set_and_wait(synapse, alice_token, alice, "unavailable", "on synapse",
                                   sparks, bob_token)
     assert presence["presence"] == "unavailable"
+
+
+async def test_synapse_reads_the_hierarchy_of_a_sparks_space(synapse, sparks):
+    bob, bob_token = await register(sparks, "bob")
+    _, alice_token = await register(synapse, "alice")
+    status, space = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "public_chat", "creation_content": {"type": "m.space"},
+              "name": "Sparks space"})
+    assert status == 200, space
+    status, child = await raw_request(sparks, "POST", "/_matrix/client/v3/createRoom",
+                                      bob_token, json={"preset": "public_chat",
+                                                       "name": "Child on sparks"})
+    assert status == 200, child
+    status, reply = await raw_request(
+        sparks, "PUT",
+        f"/_matrix/client/v3/rooms/{space['room_id']}/state/m.space.child/{child['room_id']}",
+        bob_token, json={"via": [sparks.server_name], "suggested": True})
+    assert status == 200, reply
+    # Alice joins the space; the child she is not in comes from Sparks' federation hierarchy.
+    status, reply = await raw_request(
+        synapse, "POST", f"/_matrix/client/v3/join/{space['room_id']}", alice_token, json={},
+        params={"server_name": sparks.server_name})
+    assert status == 200, reply
+    status, tree = await raw_request(
+        synapse, "GET", f"/_matrix/client/v1/rooms/{space['room_id']}/hierarchy", alice_token)
+    assert status == 200, tree
+    names = {r["room_id"]: r.get("name") for r in tree["rooms"]}
+    assert names.get(child["room_id"]) == "Child on sparks", tree

@@ -48,6 +48,7 @@ pub fn router(server: Arc<Server>) -> Router {
     r = route_json(r, s, query::directory);
     r = route_json(r, s, query::public_rooms);
     r = route_json(r, s, query::public_rooms_filtered);
+    r = route_json(r, s, query::hierarchy);
     r = route(r, s, openid::userinfo);
     r = route_json(r, s, transactions::send);
     r = route_json(r, s, membership::make_join);

@@ -79,3 +79,48 @@ pub async fn public_rooms_filtered(
     };
     crate::directory::public_rooms::list(&server, &query)
 }
+
+/// `GET /_matrix/federation/v1/hierarchy/{roomId}`: a room (a space) and its direct children,
+/// as far as a server with no member in them may see them (public or world-readable).
+pub async fn hierarchy(
+    server: Arc<Server>,
+    request: Ruma<ruma::api::federation::space::get_hierarchy::v1::Request>,
+) -> Result<Value> {
+    let origin = request.origin()?;
+    let body = &request.body;
+    if let Some(reason) = crate::federation::acl::denies(&server, &body.room_id, origin)? {
+        return Err(Error::forbidden(reason));
+    }
+    let outsider = ruma::OwnedUserId::try_from(format!("@federation:{origin}"))
+        .map_err(|e| Error::internal(format_args!("requester id: {e}")))?;
+    let query = crate::directory::hierarchy::Query {
+        root: &body.room_id,
+        suggested_only: body.suggested_only,
+        max_depth: Some(1),
+        limit: Some(crate::directory::hierarchy::MAX_LIMIT as u64),
+        from: None,
+    };
+    let walked =
+        crate::directory::hierarchy::walk(&server, &outsider, &query).map_err(|e| {
+            match e.status.as_u16() {
+                403 => Error::not_found("Room not found or not visible to your server"),
+                _ => e,
+            }
+        })?;
+    let mut rooms = walked["rooms"].as_array().cloned().unwrap_or_default();
+    if rooms.is_empty() {
+        return Err(Error::not_found("Room not found"));
+    }
+    let root = rooms.remove(0);
+    let children: Vec<Value> = rooms
+        .into_iter()
+        .map(|mut child| {
+            // Children are listed without their own children.
+            if let Some(object) = child.as_object_mut() {
+                object.remove("children_state");
+            }
+            child
+        })
+        .collect();
+    Ok(json!({ "room": root, "children": children, "inaccessible_children": [] }))
+}
