@@ -6,9 +6,9 @@ off and loopback allowed on both sides (../shared/reference/federation-loopback.
 
 Covered, both directions where it applies: signing keys fetched and checked over TLS;
 signed (``X-Matrix``) requests (profile queries; unsigned and forged ones refused); joining by
-alias with history from before the join; invites, accepting and leaving; messages, typing,
-receipts, state changes and redactions crossing; public room directories; media and
-thumbnails. Hand-made hostile PDUs are in test_federation_security.py.
+alias with history from before the join; invites, accepting, rejecting and leaving; knocking
+and admitting; messages, typing, receipts, presence, state changes and redactions crossing;
+public room directories; space hierarchies; media and thumbnails. Hand-made hostile PDUs are in test_federation_security.py.
 """
 
 from __future__ import annotations
