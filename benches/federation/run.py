@@ -218,12 +218,12 @@ async def main() -> None:
     os.environ.setdefault("SPARKS_BIN", str(Path.home() / ".cache/sparks/release-target/release/sparks"))
     os.environ.setdefault("RUST_LOG", "warn")
     host = Homeserver("synapse", federation_ip="127.0.0.2")
-    sparks = Homeserver("sparks", federation_ip="127.0.0.3")
-    other = Homeserver("synapse", federation_ip="127.0.0.4")
+    # The joining servers are fresh for every room size: a server already in the room would
+    # only make a local join.
+    joiners: list[Homeserver] = []
     results: dict = {"members": {}, "ingest": {}}
     try:
-        for hs in (host, sparks, other):
-            hs.start()
+        host.start()
         async with aiohttp.ClientSession() as session:
             creator, creator_token = await register(host, "creator", session)
         status, room = await raw_request(host, "POST", "/_matrix/client/v3/createRoom",
@@ -234,6 +234,13 @@ async def main() -> None:
         for size in sizes:
             await fill_room(host, room_id, size, have)
             have = size
+            for old in joiners:
+                old.stop()
+            sparks = Homeserver("sparks", federation_ip="127.0.0.3")
+            other = Homeserver("synapse", federation_ip="127.0.0.4")
+            joiners = [sparks, other]
+            for hs in joiners:
+                hs.start()
             row = {}
             for name, hs in (("sparks", sparks), ("synapse", other)):
                 joined = await timed_join(hs, room_id, host, size + 1)
@@ -254,7 +261,7 @@ async def main() -> None:
             print(f"[bench] ingest into {name}: {res['pdus_per_sec']} PDUs/s "
                   f"({res['pdus']} in {res['seconds']}s)", flush=True)
     finally:
-        for hs in (host, sparks, other):
+        for hs in [host, *joiners]:
             hs.stop()
     results.pop("tokens", None)
     print(json.dumps(results, indent=2))
