@@ -21,6 +21,10 @@ struct Args {
     /// (server_name "localhost", client API on 127.0.0.1:8008, data in ./sparks-data).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Replace the server's signing key and exit (run with the server stopped). The old key
+    /// stays published in `old_verify_keys` so what it signed can still be verified.
+    #[arg(long)]
+    rotate_signing_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.rotate_signing_key {
+        return match sparks::server::rotate_signing_key(&config) {
+            Ok(key_id) => {
+                println!("new signing key {key_id}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sparks: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _log_guard = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -109,6 +109,56 @@ fn load_or_create_signing_key(db: &Db, maps: &Maps) -> Result<Ed25519KeyPair> {
         .map_err(|e| Error::internal(format_args!("signing key: {e}")))
 }
 
+/// Keys this server signed with before, published as `old_verify_keys` so signatures made
+/// with them can still be checked.
+pub fn old_signing_keys(maps: &Maps) -> Result<Vec<sparks_federation::keys::OldKey>> {
+    let Some(raw) = maps.global.get(b"old_signing_keys")? else {
+        return Ok(Vec::new());
+    };
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&raw)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            Some(sparks_federation::keys::OldKey {
+                key_id: e["key_id"].as_str()?.to_owned(),
+                key: e["key"].as_str()?.to_owned(),
+                expired_ts: e["expired_ts"].as_u64()?,
+            })
+        })
+        .collect())
+}
+
+/// Replaces the signing key (with the server stopped: the database is opened exclusively).
+/// The old key moves to `old_verify_keys`, expired now. Returns the new key's id.
+pub fn rotate_signing_key(config: &Config) -> Result<String, String> {
+    let (db, maps) = Db::open(&config.database_path, &config.storage)?;
+    let current = load_or_create_signing_key(&db, &maps).map_err(|e| e.to_string())?;
+    let mut old: Vec<serde_json::Value> = match maps.global.get(b"old_signing_keys") {
+        Ok(Some(raw)) => serde_json::from_slice(&raw).map_err(|e| e.to_string())?,
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let public =
+        ruma::serde::Base64::<ruma::serde::base64::Standard>::new(current.public_key().to_vec());
+    old.push(serde_json::json!({
+        "key_id": format!("ed25519:{}", current.version()),
+        "key": public.encode(),
+        "expired_ts": crate::users::now_ms(),
+    }));
+    let der = Ed25519KeyPair::generate();
+    let version = rand_alnum(6);
+    let mut batch = db.batch();
+    batch.put(&maps.global, b"signing_key", &der[..]);
+    batch.put(&maps.global, b"signing_key_version", version.as_bytes());
+    batch.put(
+        &maps.global,
+        b"old_signing_keys",
+        serde_json::to_vec(&old).map_err(|e| e.to_string())?,
+    );
+    db.commit(batch).map_err(|e| e.to_string())?;
+    Ok(format!("ed25519:{version}"))
+}
+
 /// Random `[A-Za-z0-9]` string (tokens, device ids, session ids).
 pub fn rand_alnum(len: usize) -> String {
     use rand::Rng;

@@ -21,7 +21,8 @@ const MAX_KEY_VALIDITY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Our key document, valid for `[federation] key_validity_ms`.
 pub fn our_document(server: &Server) -> Result<CanonicalJsonObject> {
     let valid_until = now_ms().saturating_add(server.config.federation.key_validity_ms);
-    server_keys_document(server.server_name(), &server.signing_key, &[], valid_until)
+    let old = crate::server::old_signing_keys(&server.maps)?;
+    server_keys_document(server.server_name(), &server.signing_key, &old, valid_until)
         .map_err(|e| Error::internal(format_args!("key document: {e}")))
 }
 

@@ -284,6 +284,21 @@ room_list_publication_rules: [{{action: allow}}]  # default since 1.1xx: nobody 
         if os.environ.get("HS_KEEP_TMP") != "1":
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def restart(self, between: list[str] | None = None) -> None:
+        """Stops the process (keeping its data), runs the server binary with the arguments
+        in ``between`` (plus this server's config) if given, and starts it again."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=STOP_GRACE)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if between is not None:
+            cmd = self._sparks_cmd() + between
+            subprocess.run(cmd, cwd=self.tmp, check=True, capture_output=True, timeout=60)
+        self.start()
+
     def __enter__(self) -> "Homeserver":
         return self.start()
 

@@ -695,3 +695,31 @@ async def test_synapse_reads_the_hierarchy_of_a_sparks_space(synapse, sparks):
     assert status == 200, tree
     names = {r["room_id"]: r.get("name") for r in tree["rooms"]}
     assert names.get(child["room_id"]) == "Child on sparks", tree
+
+
+async def test_signing_key_rotation_keeps_the_old_key_verifiable(synapse):
+    # A Sparks of its own: it is restarted.
+    hs = Homeserver("sparks", federation_ip="127.0.0.7")
+    hs.start()
+    try:
+        _, before = await federation_get(hs, "/_matrix/key/v2/server")
+        (old_id, old_key), = before["verify_keys"].items()
+        hs.restart(between=["--rotate-signing-key"])
+        _, after = await federation_get(hs, "/_matrix/key/v2/server")
+        (new_id, _), = after["verify_keys"].items()
+        assert new_id != old_id
+        assert after["old_verify_keys"][old_id]["key"] == old_key["key"]
+        assert after["old_verify_keys"][old_id]["expired_ts"] <= int(time.time() * 1000)
+        assert list(after["signatures"][hs.server_name]) == [new_id]
+        # Synapse accepts the rotated document (it checks the self-signature).
+        body = {"server_keys": {hs.server_name: {
+            new_id: {"minimum_valid_until_ts": int(time.time() * 1000)}}}}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(synapse.federation_url + "/_matrix/key/v2/query", json=body,
+                              ssl=insecure()) as r:
+                assert r.status == 200, await r.text()
+                reply = await r.json()
+        docs = [d for d in reply["server_keys"] if d["server_name"] == hs.server_name]
+        assert docs and new_id in docs[0]["verify_keys"], reply
+    finally:
+        hs.stop()
