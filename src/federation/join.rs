@@ -118,10 +118,7 @@ async fn join_via(
         None => signed,
     };
     let started = std::time::Instant::now();
-    let joined = take_room(
-        server, &rules, &version, room_id, &event_id, signed, &answer,
-    )
-    .await?;
+    let joined = take_room(server, &rules, &version, room_id, signed, &answer, remote).await?;
     tracing::info!(
         %room_id,
         %remote,
@@ -197,10 +194,12 @@ async fn take_room(
     rules: &RoomVersionRules,
     version: &RoomVersionId,
     room_id: &RoomId,
-    join_id: &OwnedEventId,
     join: CanonicalJsonObject,
     answer: &Value,
+    resident: &ServerName,
 ) -> Result<PduRef> {
+    let join_id =
+        &protocol::pdu::event_id(&join, rules).map_err(|e| Error::bad_json(e.to_string()))?;
     let mut events: Vec<CanonicalJsonObject> = Vec::new();
     for field in ["auth_chain", "state"] {
         for value in answer[field].as_array().into_iter().flatten() {
@@ -209,7 +208,7 @@ async fn take_room(
             events.push(object);
         }
     }
-    let keys = signer_keys(server, rules, &events).await?;
+    let keys = signer_keys(server, rules, &events, resident).await?;
     // CPU-bound and spread over threads: keep the async worker available meanwhile.
     let mut checked = tokio::task::block_in_place(|| verify_all(rules, room_id, events, &keys))?;
     // Oldest first, so each event's auth events are checked before it.
@@ -418,6 +417,7 @@ async fn signer_keys(
     server: &Arc<Server>,
     rules: &RoomVersionRules,
     events: &[CanonicalJsonObject],
+    resident: &ServerName,
 ) -> Result<PublicKeyMap> {
     let mut signers = BTreeSet::new();
     for event in events {
@@ -426,6 +426,18 @@ async fn signer_keys(
                 .map_err(|e| Error::bad_json(e.to_string()))?,
         );
     }
+    // The key ids each signer used, to ask a notary for them by name.
+    let key_ids_of = |signer: &ServerName| -> Vec<String> {
+        let mut ids = BTreeSet::new();
+        for event in events {
+            if let Some(CanonicalJsonValue::Object(signatures)) = event.get("signatures")
+                && let Some(CanonicalJsonValue::Object(by_key)) = signatures.get(signer.as_str())
+            {
+                ids.extend(by_key.keys().cloned());
+            }
+        }
+        ids.into_iter().collect()
+    };
     let mut keys = PublicKeyMap::new();
     for signer in signers {
         if server.is_local(&signer) {
@@ -435,7 +447,12 @@ async fn signer_keys(
             keys.insert(signer.to_string(), parsed.public_key_set());
             continue;
         }
-        let cached = server.federation.keys.get(server, &signer).await?;
+        // Servers in the room may be gone; the resident server vouches for their keys then.
+        let cached = server
+            .federation
+            .keys
+            .get_or_ask(server, &signer, resident, &key_ids_of(&signer))
+            .await?;
         keys.insert(signer.to_string(), cached.keys.public_key_set());
     }
     Ok(keys)

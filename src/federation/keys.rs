@@ -122,43 +122,77 @@ impl KeyCache {
             let Ok(notary) = OwnedServerName::try_from(notary.as_str()) else {
                 continue;
             };
-            let body = json!({
-                "server_keys": { origin.as_str(): {} },
-            });
-            let answer = server
-                .federation
-                .client
-                .send(
-                    server,
-                    &notary,
-                    http::Method::POST,
-                    "/_matrix/key/v2/query",
-                    Some(&body),
-                )
-                .await;
-            let documents = match answer {
-                Ok(answer) => answer["server_keys"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
-                Err(e) => {
-                    failures.push(format!("notary {notary}: {}", e.message));
-                    continue;
-                }
-            };
-            for document in documents {
-                if document["server_name"].as_str() == Some(origin.as_str())
-                    && let Ok(cached) = self.accept(server, origin, document)
-                {
-                    return Ok(cached);
-                }
+            match self.ask_notary(server, origin, &notary, &[]).await {
+                Ok(cached) => return Ok(cached),
+                Err(e) => failures.push(format!("notary {notary}: {}", e.message)),
             }
-            failures.push(format!("notary {notary}: no valid keys"));
         }
         Err(Error::forbidden(format!(
             "no keys for {origin}: {}",
             failures.join("; ")
         )))
+    }
+
+    /// The keys of `origin`, or, when it cannot be reached (a server that left the network),
+    /// as `notary` vouches for them: e.g. the server we join a room through, which checked
+    /// that server's events itself. `key_ids` name the keys wanted (Synapse answers nothing
+    /// for an empty criteria).
+    pub async fn get_or_ask(
+        &self,
+        server: &Server,
+        origin: &ServerName,
+        notary: &ServerName,
+        key_ids: &[String],
+    ) -> Result<Cached> {
+        match self.get(server, origin).await {
+            Ok(cached) => Ok(cached),
+            Err(direct) => self
+                .ask_notary(server, origin, notary, key_ids)
+                .await
+                .map_err(|e| {
+                    Error::forbidden(format!(
+                        "{}; notary {notary}: {}",
+                        direct.message, e.message
+                    ))
+                }),
+        }
+    }
+
+    async fn ask_notary(
+        &self,
+        server: &Server,
+        origin: &ServerName,
+        notary: &ServerName,
+        key_ids: &[String],
+    ) -> Result<Cached> {
+        let criteria: serde_json::Map<String, Value> = key_ids
+            .iter()
+            .map(|id| (id.clone(), json!({ "minimum_valid_until_ts": 0 })))
+            .collect();
+        let body = json!({ "server_keys": { origin.as_str(): criteria } });
+        let answer = server
+            .federation
+            .client
+            .send(
+                server,
+                notary,
+                http::Method::POST,
+                "/_matrix/key/v2/query",
+                Some(&body),
+            )
+            .await?;
+        for document in answer["server_keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if document["server_name"].as_str() == Some(origin.as_str())
+                && let Ok(cached) = self.accept(server, origin, document)
+            {
+                return Ok(cached);
+            }
+        }
+        Err(Error::forbidden("no valid keys"))
     }
 
     /// Checks a fetched document and keeps it.
