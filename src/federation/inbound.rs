@@ -190,19 +190,36 @@ async fn verify_signatures(
 
 /// Step 3: the event must be allowed by its own auth events.
 fn authorize_by_auth_events(server: &Server, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    check_against_auth_events(server, rules, pdu)
+        .map_err(|reason| Error::forbidden(format!("Not allowed by its auth events: {reason}")))
+}
+
+/// The authorization rules applied with the event's own auth events as the state (plus the
+/// create event, implied by the room id since room version 12). Also used for the state a
+/// remote join brings. Returns why it is not allowed.
+pub(super) fn check_against_auth_events(
+    server: &Server,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+) -> std::result::Result<(), String> {
     let maps = &server.maps;
     let fetch_event = |id: &EventId| server.rooms.pdu(maps, id).ok().flatten();
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|reason| Error::forbidden(format!("Not allowed by its auth events: {reason}")))?;
+        .map_err(|reason| reason.to_string())?;
     let mut auth: Vec<_> = pdu
         .auth_events
         .iter()
         .filter_map(|id| server.rooms.pdu(maps, id).ok().flatten())
         .collect();
-    // Since room version 12 the create event is implied by the room id, not listed.
-    if let Some(meta) = server.rooms.meta(maps, &pdu.room_id)?
+    if let Some(meta) = server
+        .rooms
+        .meta(maps, &pdu.room_id)
+        .map_err(|e| e.message.to_string())?
         && !pdu.auth_events.contains(&meta.create_event_id)
-        && let Some(create) = server.rooms.pdu(maps, &meta.create_event_id)?
+        && let Some(create) = server
+            .rooms
+            .pdu(maps, &meta.create_event_id)
+            .map_err(|e| e.message.to_string())?
     {
         auth.push(create);
     }
@@ -214,7 +231,7 @@ fn authorize_by_auth_events(server: &Server, rules: &RoomVersionRules, pdu: &Pdu
             .cloned()
     };
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|reason| Error::forbidden(format!("Not allowed by its auth events: {reason}")))
+        .map_err(|reason| reason.to_string())
 }
 
 /// The state before the event: after its one prev event, or resolved over several.

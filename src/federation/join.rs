@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedServerName, RoomId, RoomVersionId, ServerName, UserId, events::StateEventType,
-    room_version_rules::RoomVersionRules, signatures::PublicKeyMap, state_res,
+    room_version_rules::RoomVersionRules, signatures::PublicKeyMap,
 };
 use serde_json::{Map, Value};
 
@@ -72,11 +72,7 @@ async fn join_via(
     content: &Map<String, Value>,
 ) -> Result<PduRef> {
     let client = &server.federation.client;
-    let versions: String = crate::rooms::version::SUPPORTED
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let versions = versions_query();
     let path = format!(
         "/_matrix/federation/v1/make_join/{}/{}?{versions}",
         encode(room_id.as_str()),
@@ -130,6 +126,15 @@ async fn join_via(
         "joined a room over federation"
     );
     Ok(joined)
+}
+
+/// `ver=6&ver=7...`: the room versions we support, for make_join and make_knock.
+fn versions_query() -> String {
+    crate::rooms::version::SUPPORTED
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Fills in and signs the template a resident server gave us.
@@ -460,9 +465,7 @@ async fn signer_keys(
 
 /// An event of the state or auth chain must be allowed by its own auth events.
 fn authorize_outlier(server: &Server, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
-    let maps = &server.maps;
-    let fetch_event = |id: &ruma::EventId| server.rooms.pdu(maps, id).ok().flatten();
-    let reject = |reason: String| {
+    super::inbound::check_against_auth_events(server, rules, pdu).map_err(|reason| {
         Error::new(
             http::StatusCode::BAD_GATEWAY,
             "M_UNKNOWN",
@@ -471,32 +474,7 @@ fn authorize_outlier(server: &Server, rules: &RoomVersionRules, pdu: &Pdu) -> Re
                 pdu.event_id
             ),
         )
-    };
-    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|e| reject(e.to_string()))?;
-    if pdu.kind.to_string() == "m.room.create" {
-        return Ok(());
-    }
-    let mut auth: Vec<PduRef> = pdu
-        .auth_events
-        .iter()
-        .filter_map(|id| server.rooms.pdu(maps, id).ok().flatten())
-        .collect();
-    if let Some(meta) = server.rooms.meta(maps, &pdu.room_id)?
-        && !pdu.auth_events.contains(&meta.create_event_id)
-        && let Some(create) = server.rooms.pdu(maps, &meta.create_event_id)?
-    {
-        auth.push(create);
-    }
-    let fetch_state = |kind: &StateEventType, state_key: &str| {
-        auth.iter()
-            .find(|a| {
-                a.kind.to_string() == kind.to_string() && a.state_key.as_deref() == Some(state_key)
-            })
-            .cloned()
-    };
-    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|e| reject(e.to_string()))
+    })
 }
 
 /// A remote alias: asks its server for the room id and servers to join through.
@@ -593,11 +571,7 @@ async fn handshake_via(
     membership: &str,
 ) -> Result<()> {
     let client = &server.federation.client;
-    let versions: String = crate::rooms::version::SUPPORTED
-        .iter()
-        .map(|v| format!("ver={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let versions = versions_query();
     let path = format!(
         "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
         encode(room_id.as_str()),
