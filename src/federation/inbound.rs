@@ -5,11 +5,14 @@
 //! 2. signed by the servers its room version requires; content hash matches, else it is kept
 //!    only redacted;
 //! 3. passes the authorization rules against its own `auth_events`;
-//! 4. passes them against the state before it (resolved over its `prev_events`).
+//! 4. passes them against the state before it (resolved over its `prev_events`);
+//! 5. passes them against the room's current state, else it is *soft-failed*: stored so later
+//!    events may build on it, but not shown to clients, not in the current state and not a
+//!    forward extremity (so our events do not build on it).
 //!
-//! Missing `prev_events` are fetched from the origin (`get_missing_events`) first. Failures
-//! are recorded (`eventid_rejected`) and never enter state. Not done yet: soft-failing against
-//! the current state, fetching missing auth events, and outlier state from `/state_ids`.
+//! Missing `prev_events` are fetched from the origin (`get_missing_events`) first, missing
+//! auth events by id (as outliers). Failures are recorded (`eventid_rejected`) and never enter
+//! state.
 
 use std::sync::Arc;
 
@@ -140,6 +143,15 @@ async fn accept(
             return Err(Error::not_found("Missing prev_events (not fetched)"));
         }
     }
+    let missing_auth: Vec<OwnedEventId> = pdu
+        .auth_events
+        .iter()
+        .filter(|id| !matches!(server.rooms.pdu(maps, id), Ok(Some(_))))
+        .cloned()
+        .collect();
+    if !missing_auth.is_empty() {
+        super::outlier::fetch(server, rules, room_id, origin, &missing_auth).await?;
+    }
     for auth in &pdu.auth_events {
         if server.rooms.pdu(maps, auth)?.is_none() {
             return Err(Error::not_found(format!("Missing auth event {auth}")));
@@ -153,15 +165,37 @@ async fn accept(
     authorize_by_auth_events(server, rules, &pdu)?;
     let (group_before, state_before) = state_before(server, rules, &pdu)?;
     timeline::authorize(server, rules, &pdu, &state_before)?;
+    if let Some(reason) = soft_failure(server, rules, &pdu, group_before)? {
+        tracing::info!(%event_id, %origin, reason, "soft-failed PDU");
+        return timeline::persist_historic(server, pdu, group_before, &state_before, None);
+    }
     let persisted = timeline::persist(server, rules, pdu, group_before, &state_before, None)?;
     settle_current_state(server, rules, room_id)?;
     tracing::debug!(event_id = %persisted.event_id, %origin, "accepted PDU");
     Ok(())
 }
 
+/// Step 5: why the event is not allowed by the room's current state, if it is not (only
+/// asked when the state before it differs from the current one).
+fn soft_failure(
+    server: &Server,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    group_before: u64,
+) -> Result<Option<String>> {
+    let current = server.rooms.current_group(&server.maps, &pdu.room_id)?;
+    if current == group_before {
+        return Ok(None);
+    }
+    let state = server.rooms.load_state(&server.maps, current)?;
+    Ok(timeline::authorize(server, rules, pdu, &state)
+        .err()
+        .map(|e| e.message.to_string()))
+}
+
 /// Checks the signatures the room version requires (fetching the signers' keys); a content
 /// hash mismatch leaves only the redacted event.
-async fn verify_signatures(
+pub(super) async fn verify_signatures(
     server: &Arc<Server>,
     rules: &RoomVersionRules,
     object: CanonicalJsonObject,
@@ -235,7 +269,7 @@ pub(super) fn check_against_auth_events(
 }
 
 /// The state before the event: after its one prev event, or resolved over several.
-fn state_before(
+pub(super) fn state_before(
     server: &Server,
     rules: &RoomVersionRules,
     pdu: &Pdu,

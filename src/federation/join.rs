@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId, events::StateEventType,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     room_version_rules::RoomVersionRules, signatures::PublicKeyMap,
 };
 use serde_json::{Map, Value};
@@ -18,7 +18,6 @@ use crate::{
     rooms::{
         Membership, RoomMeta,
         pdu::{Pdu, PduRef},
-        state::StateMap,
         timeline,
     },
     server::Server,
@@ -232,35 +231,15 @@ async fn take_room(
     let maps = &server.maps;
     let _lock = server.rooms.lock(room_id).await;
     // Store them as outliers (no timeline position), then check each against its auth events.
-    let mut batch = server.db.batch();
     for pdu in &checked {
-        if server
-            .rooms
-            .state
-            .event_short(maps, &pdu.event_id)?
-            .is_none()
-        {
-            server
-                .rooms
-                .state
-                .intern_event(maps, &mut batch, &pdu.event_id);
-        }
-        batch.put(
-            &maps.eventid_pdu,
-            pdu.event_id.as_bytes(),
-            serde_json::to_vec(&pdu.json)?,
-        );
+        super::outlier::store(server, pdu)?;
     }
     let meta = RoomMeta {
         room_version: version.clone(),
         create_event_id: create.event_id.clone(),
     };
-    batch.put(
-        &maps.roomid_meta,
-        room_id.as_bytes(),
-        serde_json::to_vec(&meta)?,
-    );
-    server.db.commit(batch)?;
+    maps.roomid_meta
+        .put(&server.db, room_id.as_bytes(), serde_json::to_vec(&meta)?)?;
     for pdu in &checked {
         authorize_outlier(server, rules, pdu)?;
     }
@@ -277,30 +256,16 @@ async fn take_room(
         .iter()
         .filter(|p| p.state_key.is_some() && state_ids.contains(&p.event_id))
         .collect();
-    let keys_wanted: Vec<(StateEventType, String)> = state_events
+    let state = super::outlier::state_map(server, &state_events)?;
+    let members: Vec<_> = state_events
         .iter()
-        .map(|p| {
-            (
-                StateEventType::from(p.kind.to_string()),
-                p.state_key.clone().unwrap_or_default(),
-            )
+        .filter_map(|pdu| match (pdu.membership(), pdu.state_user()) {
+            (Some(membership), Some(target)) => {
+                Some((target.to_owned(), membership, pdu.event_id.clone()))
+            }
+            _ => None,
         })
         .collect();
-    let shorts = server
-        .rooms
-        .state
-        .intern_statekeys(&server.db, maps, &keys_wanted)?;
-    let mut state = StateMap::default();
-    let mut members = Vec::new();
-    for (pdu, key) in state_events.iter().zip(shorts) {
-        let Some(short) = server.rooms.state.event_short(maps, &pdu.event_id)? else {
-            continue;
-        };
-        state.insert(key, short);
-        if let (Some(membership), Some(target)) = (pdu.membership(), pdu.state_user()) {
-            members.push((target.to_owned(), membership, pdu.event_id.clone()));
-        }
-    }
     let join = Pdu::from_json(join_id.clone(), join)?;
     let mut batch = server.db.batch();
     let (group, state) = server.rooms.state.store_full(maps, &mut batch, state);

@@ -3,6 +3,7 @@
 //! protocol rules themselves are in the `sparks-federation` crate.
 
 pub mod acl;
+pub mod backfill;
 pub mod client;
 pub mod e2ee;
 pub mod inbound;
@@ -10,6 +11,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod media;
+pub mod outlier;
 pub mod sender;
 pub mod tls;
 

@@ -56,6 +56,10 @@ pub struct EventMeta {
     pub txn: Option<(OwnedDeviceId, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted_by: Option<OwnedEventId>,
+    /// Passed its auth checks but not the room's current state (a federation "soft failure"):
+    /// kept so later events may build on it, but never shown to clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft_failed: bool,
 }
 
 /// A user's current membership in a room.

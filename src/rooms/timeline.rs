@@ -295,32 +295,16 @@ pub fn persist(
     let rooms = &server.rooms;
     let room_id = pdu.room_id.clone();
     let mut batch = server.db.batch();
-    let short = rooms.state.intern_event(maps, &mut batch, &pdu.event_id);
-
-    // State: derive a new group when this is a state event.
-    let (group_after, replaces_state) = match &pdu.state_key {
-        Some(state_key) => {
-            let kind = StateEventType::from(pdu.kind.to_string());
-            let key = rooms
-                .state
-                .intern_statekey(&server.db, maps, &kind, state_key)?;
-            let replaces = match state_before.get(&key) {
-                Some(previous) => Some(rooms.state.event_id_of(maps, *previous)?),
-                None => None,
-            };
-            let (group, _) =
-                rooms
-                    .state
-                    .derive(maps, &mut batch, group_before, &[(key, Some(short))])?;
-            batch.put(
-                &maps.roomid_stategroup,
-                room_id.as_bytes(),
-                group.to_be_bytes(),
-            );
-            (group, replaces)
-        }
-        None => (group_before, None),
-    };
+    let short = short_id(server, &mut batch, &pdu.event_id)?;
+    let (group_after, replaces_state) =
+        state_after(server, &mut batch, &pdu, short, group_before, state_before)?;
+    if pdu.state_key.is_some() {
+        batch.put(
+            &maps.roomid_stategroup,
+            room_id.as_bytes(),
+            group_after.to_be_bytes(),
+        );
+    }
 
     let pending = server.stream.next(maps, &mut batch);
     let count = pending.count();
@@ -348,6 +332,7 @@ pub fn persist(
             .as_ref()
             .map(|t| (t.device_id.clone(), t.txn_id.clone())),
         redacted_by: None,
+        soft_failed: false,
     };
     batch.put(
         &maps.eventid_pdu,
@@ -472,6 +457,100 @@ pub fn persist(
     }
     pending.finish(users);
     Ok(pdu)
+}
+
+/// The event's short id: the one it has when it was stored before (as an outlier), else new.
+fn short_id(
+    server: &Server,
+    batch: &mut crate::storage::Batch,
+    event_id: &OwnedEventId,
+) -> Result<u64> {
+    let state = &server.rooms.state;
+    match state.event_short(&server.maps, event_id)? {
+        Some(short) => Ok(short),
+        None => Ok(state.intern_event(&server.maps, batch, event_id)),
+    }
+}
+
+/// The state group after the event (a new one when it is a state event) and the event it
+/// replaces in the state, if any.
+fn state_after(
+    server: &Server,
+    batch: &mut crate::storage::Batch,
+    pdu: &Pdu,
+    short: u64,
+    group_before: u64,
+    state_before: &StateMap,
+) -> Result<(u64, Option<OwnedEventId>)> {
+    let Some(state_key) = &pdu.state_key else {
+        return Ok((group_before, None));
+    };
+    let maps = &server.maps;
+    let state = &server.rooms.state;
+    let kind = StateEventType::from(pdu.kind.to_string());
+    let key = state.intern_statekey(&server.db, maps, &kind, state_key)?;
+    let replaces = match state_before.get(&key) {
+        Some(previous) => Some(state.event_id_of(maps, *previous)?),
+        None => None,
+    };
+    let (group, _) = state.derive(maps, batch, group_before, &[(key, Some(short))])?;
+    Ok((group, replaces))
+}
+
+/// Persists an event that is not new to the room: history fetched from another server
+/// (`position`: its place in the timeline, below everything shown so far) or a soft-failed
+/// event (`None`: no place in the timeline). Neither changes the current state, the forward
+/// extremities or memberships, notifies anyone, nor is sent on to other servers.
+pub fn persist_historic(
+    server: &Server,
+    pdu: Pdu,
+    group_before: u64,
+    state_before: &StateMap,
+    position: Option<u64>,
+) -> Result<()> {
+    let maps = &server.maps;
+    let rooms = &server.rooms;
+    let mut batch = server.db.batch();
+    let short = short_id(server, &mut batch, &pdu.event_id)?;
+    let (group_after, replaces_state) =
+        state_after(server, &mut batch, &pdu, short, group_before, state_before)?;
+    let meta = EventMeta {
+        room_id: pdu.room_id.clone(),
+        count: position.unwrap_or(0),
+        short,
+        state_before: group_before,
+        state_after: group_after,
+        replaces_state,
+        txn: None,
+        redacted_by: None,
+        soft_failed: position.is_none(),
+    };
+    batch.put(
+        &maps.eventid_pdu,
+        pdu.event_id.as_bytes(),
+        serde_json::to_vec(&pdu.json)?,
+    );
+    batch.put(
+        &maps.eventid_meta,
+        pdu.event_id.as_bytes(),
+        serde_json::to_vec(&meta)?,
+    );
+    if let Some(count) = position {
+        batch.put(
+            &maps.roomcount_eventid,
+            Key::new().s(pdu.room_id.as_str()).n(count).build(),
+            pdu.event_id.as_bytes(),
+        );
+        super::relations::index(server, &mut batch, &pdu, count)?;
+    }
+    server.db.commit(batch)?;
+    if position.is_some() {
+        server.search.index_event(&pdu);
+    }
+    let pdu = Arc::new(pdu);
+    rooms.pdus.lock().put(pdu.event_id.clone(), pdu.clone());
+    rooms.metas.lock().put(pdu.event_id.clone(), Arc::new(meta));
+    Ok(())
 }
 
 fn room_version_of_create(pdu: &Pdu) -> Result<RoomVersionId> {

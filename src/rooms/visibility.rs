@@ -2,6 +2,7 @@
 //! (sync, messages, context, event, relations ...). The spec's algorithm:
 //! world_readable → yes; joined at the event → yes; `shared` and joined at any point after the
 //! event → yes; invited at the event and `invited` visibility → yes; otherwise no.
+//! Soft-failed events are seen by nobody.
 
 use ruma::{UserId, events::StateEventType};
 
@@ -15,6 +16,10 @@ pub fn can_see(
     meta: &EventMeta,
     current: Option<&Membership>,
 ) -> Result<bool> {
+    // Soft-failed events are kept for the DAG only; clients never see them.
+    if meta.soft_failed {
+        return Ok(false);
+    }
     // Fast path: joined now, and no membership change since this event → joined at the event.
     if let Some(m) = current
         && m.membership == "join"

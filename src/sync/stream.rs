@@ -6,6 +6,11 @@
 //! `next_batch = N` has seen every write `<= N` even when writers commit out of order. A write's
 //! users are woken when the current position passes it, not before: a woken sync always finds
 //! the write.
+//!
+//! Live positions start at [`LIVE_BASE`]. History fetched later from other servers (backfill)
+//! is older than everything a room already shows, so it takes positions *below* that base,
+//! handed out downwards ([`Stream::backfill_positions`]): the timeline stays ordered by one
+//! number, and no sync token ever covers backfilled events as new.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -18,8 +23,13 @@ use tokio::sync::watch;
 
 use crate::storage::{Batch, Maps, keys};
 
+/// The first live position; everything below is for backfilled history.
+pub const LIVE_BASE: u64 = 1 << 40;
+
 pub struct Stream {
     state: Mutex<State>,
+    /// The lowest position handed out to backfilled events so far.
+    backfill_floor: Mutex<u64>,
     watchers: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
     /// Woken on every advance, for in-process observers that watch all users (SFU membership).
     global: watch::Sender<u64>,
@@ -75,8 +85,16 @@ impl Stream {
             .get(b"counter")?
             .as_deref()
             .and_then(keys::u64_from)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(LIVE_BASE);
+        let floor = maps
+            .global
+            .get(b"backfill_floor")?
+            .as_deref()
+            .and_then(keys::u64_from)
+            .unwrap_or(LIVE_BASE);
         Ok(Arc::new(Self {
+            backfill_floor: Mutex::new(floor),
             state: Mutex::new(State {
                 last_allocated: last,
                 pending: BTreeSet::new(),
@@ -102,6 +120,26 @@ impl Stream {
             count,
             done: false,
         }
+    }
+
+    /// `n` positions for backfilled events, below every position handed out before, highest
+    /// first. The new floor is written before they are used, so a crash can only waste some.
+    pub fn backfill_positions(
+        &self,
+        db: &crate::storage::Db,
+        maps: &Maps,
+        n: u64,
+    ) -> crate::error::Result<Vec<u64>> {
+        let mut floor = self.backfill_floor.lock();
+        let new_floor = floor
+            .checked_sub(n)
+            .filter(|f| *f > 0)
+            .ok_or_else(|| crate::error::Error::internal("backfill positions exhausted"))?;
+        maps.global
+            .put(db, b"backfill_floor", new_floor.to_be_bytes())?;
+        let positions = (new_floor..*floor).rev().collect();
+        *floor = new_floor;
+        Ok(positions)
     }
 
     /// Takes a position for an in-memory change (typing); nothing to persist.
@@ -181,6 +219,7 @@ mod tests {
 
     fn stream() -> Arc<Stream> {
         Arc::new(Stream {
+            backfill_floor: Mutex::new(LIVE_BASE),
             state: Mutex::new(State {
                 last_allocated: 0,
                 pending: BTreeSet::new(),

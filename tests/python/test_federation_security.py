@@ -2,7 +2,8 @@
 with that Synapse's own signing key, read from its config dir, using Synapse's and
 signedjson's signing code), so Sparks fetches genuine keys and every check is the real one.
 
-A well-formed PDU is accepted (the control); a bad signature, a sender from a server that did
+A well-formed PDU is accepted (the control); one allowed before a ban but not after it is
+soft-failed (kept, never shown); a bad signature, a sender from a server that did
 not sign, a forged transaction origin, an oversized PDU, a power-level grab and a server the
 room's ACL denies are all refused and never enter the room; a PDU whose content does not
 match its hash is kept only redacted.
@@ -265,3 +266,42 @@ async def test_a_server_denied_by_the_acl_cannot_send(synapse, sparks, setup):  
         "GET", f"/_matrix/federation/v1/event/{quote(event_id)}")
     assert status in (403, 404), reply
 
+
+
+async def test_an_event_allowed_before_but_not_by_current_state_is_soft_failed(synapse, sparks):  # noqa: F811
+    # Alice's message builds on the room as it was before Bob banned her: it passes its auth
+    # events and the state before it, but not the current state. It is kept (later events may
+    # name it) but shown to no client and not built on.
+    room = await make_room(synapse, sparks)
+    carol, carol_token = await register(synapse, "carol")  # keeps Synapse in the room
+    status, reply = await raw_request(synapse, "POST",
+                                      f"/_matrix/client/v3/join/{room['room']}", carol_token,
+                                      json={}, params={"server_name": sparks.server_name})
+    assert status == 200, reply
+    as_synapse = AsSynapse(synapse, sparks)
+    event = await template(as_synapse, sparks, room, room["alice"], "m.room.message",
+                           {"msgtype": "m.text", "body": "from before the ban"})
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/rooms/{room['room']}/ban", room["bob_token"],
+        json={"user_id": room["alice"]})
+    assert status == 200, reply
+    event_id, event = as_synapse.sign(event)
+    status, reply = await as_synapse.send([event])
+    assert status == 200, reply
+    assert reply["pdus"][event_id] == {}, reply  # soft failure is not a rejection
+    assert event_id not in [e for e, _ in await bodies_in_room(sparks, room)]
+    status, reply = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{room['room']}/event/{quote(event_id)}",
+        room["bob_token"])
+    assert status == 404, reply
+    # Stored all the same (other servers may ask for it) ...
+    assert (await as_synapse.pdu(event_id))["content"]["body"] == "from before the ban"
+    # ... but Bob's next event does not build on it.
+    next_id = await send_text(sparks, room["bob_token"], room["room"], "after the ban")
+    following = await as_synapse.pdu(next_id)
+    assert event_id not in following["prev_events"], following
+    status, member = await raw_request(
+        sparks, "GET",
+        f"/_matrix/client/v3/rooms/{room['room']}/state/m.room.member/{room['alice']}",
+        room["bob_token"])
+    assert status == 200 and member["membership"] == "ban", member

@@ -273,6 +273,67 @@ async def test_sparks_user_joins_a_synapse_room_by_alias_and_they_talk(synapse, 
     assert event["sender"] == alice
 
 
+async def test_sparks_backfills_history_from_before_its_join(synapse, sparks):
+    # 60 messages and a topic change before anyone from Sparks is in the room: more than one
+    # backfill round (50 events each), and state that changed in the history.
+    alice, alice_token = await register(synapse, "alice")
+    status, room = await raw_request(
+        synapse, "POST", "/_matrix/client/v3/createRoom", alice_token,
+        json={"preset": "public_chat", "topic": "first topic"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    for i in range(30):
+        await send_text(synapse, alice_token, room_id, f"old {i}")
+    status, reply = await raw_request(
+        synapse, "PUT", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/", alice_token,
+        json={"topic": "second topic"})
+    assert status == 200, reply
+    for i in range(30, 60):
+        await send_text(synapse, alice_token, room_id, f"old {i}")
+
+    bob, bob_token = await register(sparks, "bob")
+    status, reply = await raw_request(
+        sparks, "POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}", bob_token,
+        json={}, params={"server_name": synapse.server_name})
+    assert status == 200, reply
+    status, first = await raw_request(sparks, "GET", "/_matrix/client/v3/sync", bob_token)
+    assert status == 200, first
+
+    # Bob pages back from his join to the room's creation, as a client does.
+    events, token, pages = [], None, 0
+    while pages < 20:
+        params = {"dir": "b", "limit": "20"}
+        if token:
+            params["from"] = token
+        status, page = await raw_request(
+            sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/messages", bob_token,
+            params=params)
+        assert status == 200, page
+        events.extend(page["chunk"])
+        pages += 1
+        token = page.get("end")
+        if not token:
+            break
+    bodies = [e["content"].get("body") for e in events if e["type"] == "m.room.message"]
+    assert bodies == [f"old {i}" for i in reversed(range(60))], bodies
+    assert events[-1]["type"] == "m.room.create", [e["type"] for e in events[-3:]]
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)), "an event was returned twice"
+    topics = [e["content"].get("topic") for e in events if e["type"] == "m.room.topic"]
+    assert topics == ["second topic", "first topic"], topics
+
+    # History is not news: an incremental sync does not deliver the backfilled events.
+    status, later = await raw_request(sparks, "GET", "/_matrix/client/v3/sync", bob_token,
+                                      params={"since": first["next_batch"], "timeout": "0"})
+    assert status == 200, later
+    timeline = later.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {})
+    assert not [e for e in timeline.get("events", []) if e["type"] == "m.room.message"]
+    # The current state is still the room's latest.
+    status, topic = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.topic/", bob_token)
+    assert status == 200 and topic["topic"] == "second topic", topic
+
+
 async def sync_until(hs: Homeserver, token: str, predicate, timeout: float = 20.0):
     """Polls /sync until ``predicate(reply)`` is truthy; returns its value."""
     deadline = time.monotonic() + timeout

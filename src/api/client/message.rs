@@ -257,20 +257,29 @@ pub async fn messages(
         (from, to)
     };
     let ignored = crate::sync::v3::ignored_users(&server, &user)?;
-    let page = walk(
-        &server,
-        &user,
-        current.as_ref(),
-        &body.room_id,
-        Walk {
-            start,
-            stop,
-            forward,
-            limit,
-            filter: &body.filter,
-            ignored: &ignored,
-        },
-    )?;
+    let page_walk = || Walk {
+        start,
+        stop,
+        forward,
+        limit,
+        filter: &body.filter,
+        ignored: &ignored,
+    };
+    let mut page = walk(&server, &user, current.as_ref(), &body.room_id, page_walk())?;
+    // At the start of what we hold: ask the room's other servers for older history.
+    if !forward && stop.is_none() && !page.more && page.events.len() < limit {
+        let added = crate::federation::backfill::backfill(&server, &body.room_id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::info!(room_id = %body.room_id, %error, "backfill failed");
+                0
+            });
+        if added > 0 {
+            page = walk(&server, &user, current.as_ref(), &body.room_id, page_walk())?;
+            // More may lie further back: give the client a token to ask again.
+            page.more = true;
+        }
+    }
     let device = request.device().ok();
     let chunk = page
         .events
