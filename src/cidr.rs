@@ -179,28 +179,52 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// How a [`GuardedResolver`] finds a host's addresses, when not with the system resolver.
+pub type Lookup = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>
+        + Send
+        + Sync,
+>;
+
 /// A reqwest resolver that returns only the addresses the filter allows, so the connection goes
 /// to an address that was checked (no DNS rebinding between check and connect).
 pub struct GuardedResolver {
     filter: Arc<IpFilter>,
+    lookup: Option<Lookup>,
 }
 
 impl GuardedResolver {
     pub fn new(filter: Arc<IpFilter>) -> Self {
-        Self { filter }
+        Self {
+            filter,
+            lookup: None,
+        }
+    }
+
+    /// Addresses come from `lookup` instead of the system resolver.
+    pub fn with_lookup(mut self, lookup: Lookup) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let filter = self.filter.clone();
+        let lookup = self.lookup.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<IpAddr> = match lookup {
+                Some(lookup) => lookup(host.clone()).await?,
+                None => tokio::net::lookup_host((host.as_str(), 0))
+                    .await?
+                    .map(|a| a.ip())
+                    .collect(),
+            };
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
-                .filter(|addr| filter.allows(addr.ip()))
+                .filter(|ip| filter.allows(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if allowed.is_empty() {
                 return Err(Box::new(Refused(host)) as Box<dyn std::error::Error + Send + Sync>);

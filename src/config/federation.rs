@@ -30,6 +30,9 @@ pub struct FederationConfig {
     pub key_validity_ms: u64,
     /// Time limit for one outbound federation request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// DNS servers (`"IP:PORT"`) for server discovery: SRV records and addresses of other
+    /// servers. Empty: the system's resolver (`/etc/resolv.conf`, `/etc/hosts`).
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -45,6 +48,7 @@ impl Default for FederationConfig {
             trusted_key_servers: Vec::new(),
             key_validity_ms: 24 * 60 * 60 * 1000,
             request_timeout_ms: 30_000,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -67,6 +71,13 @@ impl FederationConfig {
             return Err(ConfigError(
                 "federation.key_validity_ms: must be between 1 hour and 7 days".into(),
             ));
+        }
+        for server in &self.dns_servers {
+            server.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError(format!(
+                    "federation.dns_servers: {server}: {e} (want IP:PORT)"
+                ))
+            })?;
         }
         if !(1_000..=600_000).contains(&self.request_timeout_ms) {
             return Err(ConfigError(

@@ -28,6 +28,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct Client {
     filter: Arc<IpFilter>,
+    dns: Arc<super::dns::Dns>,
     verify_certificates: bool,
     timeout: Duration,
     /// Built on first use: building a TLS client costs more than the whole server start.
@@ -41,6 +42,7 @@ impl Client {
             .map_err(|e| format!("federation.ip_range_denylist: {e}"))?;
         Ok(Self {
             filter: Arc::new(filter),
+            dns: Arc::new(super::dns::Dns::new(&config.dns_servers)?),
             verify_certificates: config.verify_certificates,
             timeout: Duration::from_millis(config.request_timeout_ms),
             http: OnceLock::new(),
@@ -54,7 +56,7 @@ impl Client {
                 reqwest::Client::builder()
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy()
-                    .dns_resolver(Arc::new(GuardedResolver::new(self.filter.clone())))
+                    .dns_resolver(Arc::new(self.guarded_resolver()))
                     .tls_danger_accept_invalid_certs(!self.verify_certificates)
                     .connect_timeout(self.timeout.min(Duration::from_secs(10)))
                     .timeout(self.timeout)
@@ -84,18 +86,29 @@ impl Client {
                     discovery::after_well_known(name.as_str(), delegated.as_deref())
                         .ok_or_else(|| remote_error(name, "not a valid server name"))?
                 }
-                // SRV records need a DNS client the dependency set does not have yet; without
-                // one the spec's fallback applies: the name itself on port 8448.
                 Step::Srv {
                     name: host,
                     host_header,
-                } => Step::Connect(discovery::after_srv(&host, &host_header, None)),
+                } => {
+                    let srv = self.dns.srv(&host).await;
+                    Step::Connect(discovery::after_srv(&host, &host_header, srv))
+                }
             };
         };
+        if destination.host != destination.tls_name {
+            self.dns.redirect(&destination.tls_name, &destination.host);
+        }
         self.resolved
             .lock()
             .insert(name.to_owned(), (destination.clone(), Instant::now()));
         Ok(destination)
+    }
+
+    /// Addresses through our DNS (SRV targets followed), then the denylist.
+    fn guarded_resolver(&self) -> GuardedResolver {
+        let dns = self.dns.clone();
+        GuardedResolver::new(self.filter.clone())
+            .with_lookup(Arc::new(move |host| dns.addresses(host)))
     }
 
     /// `m.server` from `https://{host}/.well-known/matrix/server`, if there is a valid one.
@@ -118,9 +131,12 @@ impl Client {
                 "federation to {ip} is refused by [federation] ip_range_denylist"
             )));
         }
+        // An SRV target is connected to under the server's name (see `Dns::redirect`), so
+        // the certificate is checked for the name, as the spec asks.
         let host = match destination.host.parse::<IpAddr>() {
             Ok(IpAddr::V6(_)) => format!("[{}]", destination.host),
-            _ => destination.host.clone(),
+            Ok(IpAddr::V4(_)) => destination.host.clone(),
+            Err(_) => destination.tls_name.clone(),
         };
         Ok(format!("https://{host}:{}{path}", destination.port))
     }

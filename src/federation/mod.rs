@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod backfill;
 pub mod client;
+pub mod dns;
 pub mod e2ee;
 pub mod inbound;
 pub mod invite;
