@@ -102,3 +102,85 @@ where
     }
     Ok(out)
 }
+
+/// What another server may see of a room's history (serving `/event`, `/backfill`,
+/// `/get_missing_events`), per the spec's rules for servers: with `world_readable` or `shared`
+/// history everything (the caller has checked the server is in the room); with `invited` what
+/// happened while one of its users was invited or joined; with `joined` only while joined.
+/// Events it may not see are served redacted, so its copy of the room's graph stays complete.
+pub struct ServerView<'a> {
+    server: &'a Server,
+    origin: &'a ruma::ServerName,
+    /// Verdicts per state group (the state before an event decides).
+    by_group: std::collections::HashMap<u64, bool>,
+}
+
+impl<'a> ServerView<'a> {
+    pub fn new(server: &'a Server, origin: &'a ruma::ServerName) -> Self {
+        Self {
+            server,
+            origin,
+            by_group: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The event as `origin` may have it: whole, or redacted.
+    pub fn federation_value(&mut self, pdu: &Pdu) -> Result<serde_json::Value> {
+        if self.can_see(pdu)? {
+            return Ok(pdu.to_federation_value());
+        }
+        let version = self.server.rooms.version(&self.server.maps, &pdu.room_id)?;
+        let rules = super::version::rules(&version)?;
+        let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+            .map_err(|e| crate::error::Error::internal(format_args!("redaction: {e}")))?;
+        Ok(serde_json::to_value(redacted)?)
+    }
+
+    fn can_see(&mut self, pdu: &Pdu) -> Result<bool> {
+        let maps = &self.server.maps;
+        // Outliers (state and auth events) are part of what every member server needs.
+        let Some(meta) = self.server.rooms.event_meta(maps, &pdu.event_id)? else {
+            return Ok(true);
+        };
+        if pdu
+            .state_user()
+            .is_some_and(|user| user.server_name() == self.origin)
+        {
+            return Ok(true);
+        }
+        if let Some(verdict) = self.by_group.get(&meta.state_before) {
+            return Ok(*verdict);
+        }
+        let verdict = self.group_visible(meta.state_before)?;
+        self.by_group.insert(meta.state_before, verdict);
+        Ok(verdict)
+    }
+
+    fn group_visible(&self, group: u64) -> Result<bool> {
+        let rooms = &self.server.rooms;
+        let maps = &self.server.maps;
+        let state = rooms.load_state(maps, group)?;
+        let visibility = rooms
+            .state_event(maps, &state, &StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|e| e.content_str("history_visibility"))
+            .unwrap_or_else(|| "shared".to_owned());
+        if matches!(visibility.as_str(), "world_readable" | "shared") {
+            return Ok(true);
+        }
+        let suffix = format!(":{}", self.origin);
+        for (key, event) in state.iter() {
+            let (kind, state_key) = rooms.state.statekey_of(maps, *key)?;
+            if kind != StateEventType::RoomMember || !state_key.ends_with(&suffix) {
+                continue;
+            }
+            let id = rooms.state.event_id_of(maps, *event)?;
+            let membership = rooms.pdu(maps, &id)?.and_then(|p| p.membership());
+            match membership.as_deref() {
+                Some("join") => return Ok(true),
+                Some("invite") if visibility == "invited" => return Ok(true),
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+}

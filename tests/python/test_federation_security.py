@@ -3,10 +3,10 @@ with that Synapse's own signing key, read from its config dir, using Synapse's a
 signedjson's signing code), so Sparks fetches genuine keys and every check is the real one.
 
 A well-formed PDU is accepted (the control); one allowed before a ban but not after it is
-soft-failed (kept, never shown); a bad signature, a sender from a server that did
-not sign, a forged transaction origin, an oversized PDU, a power-level grab and a server the
-room's ACL denies are all refused and never enter the room; a PDU whose content does not
-match its hash is kept only redacted.
+soft-failed (kept, never shown); history a server may not see is served redacted; a bad
+signature, a sender from a server that did not sign, a forged transaction origin, an
+oversized PDU, a power-level grab and a server the room's ACL denies are all refused and
+never enter the room; a PDU whose content does not match its hash is kept only redacted.
 """
 
 from __future__ import annotations
@@ -305,3 +305,40 @@ async def test_an_event_allowed_before_but_not_by_current_state_is_soft_failed(s
         f"/_matrix/client/v3/rooms/{room['room']}/state/m.room.member/{room['alice']}",
         room["bob_token"])
     assert status == 200 and member["membership"] == "ban", member
+
+
+async def test_history_a_server_may_not_see_is_served_redacted(synapse, sparks):  # noqa: F811
+    # With `joined` history visibility, what was said before anyone from Synapse joined is
+    # not Synapse's to read: /event, /backfill and its own client get it redacted.
+    bob, bob_token = await register(sparks, "bob")
+    alice, alice_token = await register(synapse, "alice")
+    status, room = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "joined"}}]})
+    assert status == 200, room
+    room_id = room["room_id"]
+    secret = await send_text(sparks, bob_token, room_id, "before you joined")
+    status, reply = await raw_request(synapse, "POST", f"/_matrix/client/v3/join/{room_id}",
+                                      alice_token, json={},
+                                      params={"server_name": sparks.server_name})
+    assert status == 200, reply
+    public = await send_text(sparks, bob_token, room_id, "after you joined")
+
+    as_synapse = AsSynapse(synapse, sparks)
+    served = await as_synapse.pdu(secret)
+    assert served["content"] == {}, served
+    assert (await as_synapse.pdu(public))["content"]["body"] == "after you joined"
+    status, reply = await as_synapse.request(
+        "GET", f"/_matrix/federation/v1/backfill/{quote(room_id)}?v={quote(public)}&limit=20")
+    assert status == 200, reply
+    bodies = [p["content"].get("body") for p in reply["pdus"] if p["type"] == "m.room.message"]
+    assert bodies == ["after you joined", None], bodies
+
+    status, page = await raw_request(synapse, "GET",
+                                     f"/_matrix/client/v3/rooms/{room_id}/messages",
+                                     alice_token, params={"dir": "b", "limit": "30"})
+    assert status == 200, page
+    seen = [e.get("content", {}).get("body") for e in page["chunk"]]
+    assert "before you joined" not in seen, seen

@@ -1,5 +1,6 @@
 //! Reading a room's history over federation, for servers in the room: one event, the state at
-//! an event (full or ids), and the events between two points (`get_missing_events`).
+//! an event (full or ids), and the events between two points (`get_missing_events`). Events
+//! from history the server may not see (history visibility) are served redacted.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -16,6 +17,7 @@ use super::membership::state_and_auth_chain;
 use crate::{
     api::ruma::Ruma,
     error::{Error, Result},
+    rooms::visibility::ServerView,
     server::Server,
 };
 
@@ -38,10 +40,11 @@ pub async fn event(server: Arc<Server>, request: Ruma<get_event::v1::Request>) -
         .pdu(&server.maps, &request.body.event_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
     check_in_room(&server, &pdu.room_id, origin)?;
+    let mut view = ServerView::new(&server, origin);
     Ok(json!({
         "origin": server.server_name(),
         "origin_server_ts": crate::users::now_ms(),
-        "pdus": [pdu.to_federation_value()],
+        "pdus": [view.federation_value(&pdu)?],
     }))
 }
 
@@ -134,7 +137,12 @@ pub async fn missing_events(
         }
     }
     found.sort_by_key(|p| p.depth);
-    Ok(json!({ "events": found.iter().map(|p| p.to_federation_value()).collect::<Vec<_>>() }))
+    let mut view = ServerView::new(&server, origin);
+    let events = found
+        .iter()
+        .map(|p| view.federation_value(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({ "events": events }))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}?v=..&limit=..`: the events before (and
@@ -170,10 +178,15 @@ pub async fn backfill(
         found.push(pdu);
     }
     found.sort_by_key(|p| std::cmp::Reverse(p.depth));
+    let mut view = ServerView::new(&server, origin);
+    let pdus = found
+        .iter()
+        .map(|p| view.federation_value(p))
+        .collect::<Result<Vec<_>>>()?;
     Ok(json!({
         "origin": server.server_name(),
         "origin_server_ts": crate::users::now_ms(),
-        "pdus": found.iter().map(|p| p.to_federation_value()).collect::<Vec<_>>(),
+        "pdus": pdus,
     }))
 }
 
