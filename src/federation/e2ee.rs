@@ -136,7 +136,7 @@ pub fn send_to_device(
         server
             .federation
             .sender
-            .queue_edu(server, &destination, edu);
+            .queue_durable_edu(server, &destination, &edu)?;
     }
     Ok(())
 }
@@ -160,10 +160,7 @@ pub fn announce_device_change(server: &Server, user: &UserId, stream_id: u64) {
                     "prev_id": [],
                 },
             });
-            server
-                .federation
-                .sender
-                .queue_edu(server, &destination, edu);
+            queue_or_log(server, &destination, &edu);
         }
         let master =
             crate::e2ee::cross_signing::load_key(server, user, crate::e2ee::cross_signing::MASTER)
@@ -181,11 +178,18 @@ pub fn announce_device_change(server: &Server, user: &UserId, stream_id: u64) {
                 "edu_type": "m.signing_key_update",
                 "content": { "user_id": user, "master_key": master, "self_signing_key": self_signing },
             });
-            server
-                .federation
-                .sender
-                .queue_edu(server, &destination, edu);
+            queue_or_log(server, &destination, &edu);
         }
+    }
+}
+
+fn queue_or_log(server: &Server, destination: &ServerName, edu: &Value) {
+    if let Err(error) = server
+        .federation
+        .sender
+        .queue_durable_edu(server, destination, edu)
+    {
+        tracing::error!(%destination, %error, "cannot queue a device update");
     }
 }
 

@@ -4,11 +4,16 @@
 //! persisted, so the queue survives restarts. One task per destination drains its queue in
 //! transactions of up to 50 PDUs (`PUT /_matrix/federation/v1/send/{txnId}`), deleting what
 //! the destination acknowledged and backing off exponentially (up to an hour) while it is
-//! unreachable.
+//! unreachable. EDUs that must not be lost (to-device messages, device list and signing key
+//! updates) wait in the database too (`destination_edus`); typing, receipts and presence are
+//! only worth sending while fresh and wait in memory.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -39,6 +44,8 @@ pub struct Sender {
     room_servers: Mutex<HashMap<OwnedRoomId, Arc<Vec<OwnedServerName>>>>,
     /// EDUs waiting per destination. Ephemeral (typing, receipts): kept in memory only.
     edus: Mutex<HashMap<OwnedServerName, Vec<Value>>>,
+    /// The last sequence number of `destination_edus` (from the database on first use).
+    durable_seq: OnceLock<AtomicU64>,
 }
 
 impl Sender {
@@ -136,6 +143,31 @@ impl Sender {
         self.wake(destination);
     }
 
+    /// Queues an EDU that must reach `destination` even across our restarts; stored before
+    /// this returns.
+    pub fn queue_durable_edu(
+        &self,
+        server: &Server,
+        destination: &ServerName,
+        edu: &Value,
+    ) -> Result<()> {
+        if !crate::federation::enabled(server) || server.is_local(destination) {
+            return Ok(());
+        }
+        let seq = self
+            .durable_seq
+            .get_or_init(|| AtomicU64::new(last_durable_seq(server)))
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        server.maps.destination_edus.put(
+            &server.db,
+            Key::new().s(destination.as_str()).n(seq).build(),
+            serde_json::to_vec(edu)?,
+        )?;
+        self.wake(destination);
+        Ok(())
+    }
+
     fn take_edus(&self, destination: &ServerName) -> Vec<Value> {
         let mut edus = self.edus.lock();
         let Some(queue) = edus.get_mut(destination) else {
@@ -168,8 +200,11 @@ impl Sender {
     pub async fn run(server: Arc<Server>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         *server.federation.sender.new_work.lock() = Some(tx.clone());
-        for destination in pending_destinations(&server) {
-            let _ = tx.send(destination);
+        let maps = &server.maps;
+        for map in [&maps.destination_pdus, &maps.destination_edus] {
+            for destination in pending_destinations(map) {
+                let _ = tx.send(destination);
+            }
         }
         while let Some(destination) = rx.recv().await {
             let notify = {
@@ -204,9 +239,21 @@ pub fn queue_local_event(server: &Server, pdu: &Pdu, count: u64) -> Result<()> {
     sender.queue_pdu(server, pdu, count, &destinations)
 }
 
-fn pending_destinations(server: &Server) -> Vec<OwnedServerName> {
+/// The highest sequence number in `destination_edus` (0 when empty).
+fn last_durable_seq(server: &Server) -> u64 {
+    server
+        .maps
+        .destination_edus
+        .scan_prefix(Vec::new())
+        .filter_map(|(key, _)| keys::tail_u64(&key))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Destinations with something queued in `map` (keyed `destination, ...`).
+fn pending_destinations(map: &crate::storage::Map) -> Vec<OwnedServerName> {
     let mut out: Vec<OwnedServerName> = Vec::new();
-    for (key, _) in server.maps.destination_pdus.scan_prefix(Vec::new()) {
+    for (key, _) in map.scan_prefix(Vec::new()) {
         let Some(end) = key.iter().position(|b| *b == keys::SEP) else {
             continue;
         };
@@ -226,8 +273,9 @@ async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<No
     let mut backoff = Duration::from_secs(2);
     loop {
         let queued = queued(&server, &destination);
+        let durable = durable_edus(&server, &destination);
         let edus = sender.take_edus(&destination);
-        if queued.is_empty() && edus.is_empty() {
+        if queued.is_empty() && durable.is_empty() && edus.is_empty() {
             let mut shutdown = server.shutdown.subscribe();
             tokio::select! {
                 () = notify.notified() => {}
@@ -235,12 +283,20 @@ async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<No
             }
             continue;
         }
-        match send_transaction(&server, &destination, &queued, &edus).await {
+        let all_edus: Vec<Value> = durable
+            .iter()
+            .map(|(_, edu)| edu.clone())
+            .chain(edus.iter().cloned())
+            .collect();
+        match send_transaction(&server, &destination, &queued, &all_edus).await {
             Ok(()) => {
                 backoff = Duration::from_secs(2);
                 let mut batch = server.db.batch();
                 for (key, _) in &queued {
                     batch.delete(&server.maps.destination_pdus, key);
+                }
+                for (key, _) in &durable {
+                    batch.delete(&server.maps.destination_edus, key);
                 }
                 if let Err(error) = server.db.commit(batch) {
                     tracing::error!(%destination, %error, "cannot dequeue sent PDUs");
@@ -258,6 +314,17 @@ async fn drain(server: Arc<Server>, destination: OwnedServerName, notify: Arc<No
             }
         }
     }
+}
+
+/// The oldest durable EDUs of a destination: (queue key, EDU).
+fn durable_edus(server: &Server, destination: &ServerName) -> Vec<(Vec<u8>, Value)> {
+    server
+        .maps
+        .destination_edus
+        .scan_prefix(Key::new().s(destination.as_str()).prefix())
+        .take(MAX_EDUS_PER_TXN / 2)
+        .filter_map(|(key, value)| Some((key.to_vec(), serde_json::from_slice(&value).ok()?)))
+        .collect()
 }
 
 /// The oldest queued PDUs of a destination: (queue key, event id).

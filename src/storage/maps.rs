@@ -265,6 +265,10 @@ catalog! {
     /// `room_id, user_id -> json [stripped state]`: what another server told us about a room
     /// it invited our user to (we are not in the room, so we have no state of our own).
     roomuser_invitestate in "federation" = 4;
+    /// `destination, u64 seq -> json EDU`: EDUs that must not be lost (to-device messages,
+    /// device list and signing key updates) waiting for a server; deleted once it
+    /// acknowledged the transaction. (Typing, receipts and presence wait in memory.)
+    destination_edus in "federation" = 5;
 }
 
 #[cfg(test)]

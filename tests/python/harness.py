@@ -119,7 +119,8 @@ class Homeserver:
         # Signing key in Synapse's on-disk format: "ed25519 <key id> <unpadded b64 seed>".
         seed = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         key_path = tmp / "signing.key"
-        key_path.write_text(f"ed25519 a_{secrets.token_hex(2)} {seed}\n")
+        if not key_path.exists():  # a restart keeps the server's key
+            key_path.write_text(f"ed25519 a_{secrets.token_hex(2)} {seed}\n")
         big = {"per_second": 100000, "burst_count": 1000000}
         rc = lambda: "{per_second: %d, burst_count: %d}" % (big["per_second"], big["burst_count"])  # noqa: E731
         cfg = tmp / "homeserver.yaml"
@@ -222,7 +223,7 @@ room_list_publication_rules: [{{action: allow}}]  # default since 1.1xx: nobody 
 
     def start(self) -> "Homeserver":
         cmd = self._sparks_cmd() if self.impl == "sparks" else self._synapse_cmd()
-        self._log_file = open(self.log_path, "wb")
+        self._log_file = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info,ruma_state_res=warn")
         self.proc = subprocess.Popen(
@@ -288,16 +289,20 @@ room_list_publication_rules: [{{action: allow}}]  # default since 1.1xx: nobody 
         if os.environ.get("HS_KEEP_TMP") != "1":
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def restart(self, between: list[str] | None = None) -> None:
-        """Stops the process (keeping its data), runs the server binary with the arguments
-        in ``between`` (plus this server's config) if given, and starts it again."""
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Ends the process with ``sig`` and keeps its data (``start()`` brings it back)."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, sig)
             proc.wait(timeout=STOP_GRACE)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def restart(self, between: list[str] | None = None) -> None:
+        """Stops the process (keeping its data), runs the server binary with the arguments
+        in ``between`` (plus this server's config) if given, and starts it again."""
+        self.terminate()
         if between is not None:
             cmd = self._sparks_cmd() + between
             subprocess.run(cmd, cwd=self.tmp, check=True, capture_output=True, timeout=60)
