@@ -16,6 +16,7 @@ pub mod media;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
+pub mod rtc;
 pub mod search;
 pub mod server;
 pub mod storage;
@@ -36,6 +37,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", server.config.listen.client))?;
     spawn_background(&server);
+    rtc::start(&server).await;
     let federation = start_federation_listener(&server).await?;
     let app = api::router::build(server.clone());
     tracing::info!(

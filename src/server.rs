@@ -34,6 +34,8 @@ pub struct Server {
     pub sliding: crate::sync::sliding::Connections,
     pub search: crate::search::Search,
     pub federation: crate::federation::Federation,
+    /// The built-in SFU for meetings.
+    pub rtc: crate::rtc::Rtc,
     pub started_at: std::time::Instant,
     /// Set once on SIGTERM/SIGINT; long-polls return when it flips.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -49,6 +51,7 @@ impl Server {
         let media = crate::media::Media::open(&config.media)?;
         let search = crate::search::Search::open(&config)?;
         let federation = crate::federation::Federation::new(&config)?;
+        let rtc = crate::rtc::Rtc::new(&config.rtc);
         Ok(Arc::new(Self {
             config,
             db,
@@ -66,6 +69,7 @@ impl Server {
             sliding: Default::default(),
             search,
             federation,
+            rtc,
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }))

@@ -3,4 +3,5 @@
 pub mod client;
 pub mod federation;
 pub mod router;
+pub mod rtc;
 pub mod ruma;

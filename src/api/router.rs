@@ -221,6 +221,9 @@ pub fn build(server: Arc<Server>) -> Router {
     // Federation endpoints that are served on the client listener for now.
     r = route(r, s, federation::openid::userinfo);
 
+    // The built-in SFU's LiveKit signalling.
+    r = super::rtc::routes(r);
+
     r = r
         .route("/health", get(|| async { "OK" }))
         .route(

@@ -11,6 +11,7 @@ mod log;
 mod media;
 mod ratelimit;
 mod registration;
+mod rtc;
 mod search;
 mod storage;
 
@@ -32,6 +33,7 @@ pub use self::{
     ratelimit::RateLimitConfig,
     ratelimit::RateLimitRule,
     registration::RegistrationConfig,
+    rtc::RtcConfig,
     search::SearchConfig,
     storage::StorageConfig,
 };
@@ -57,6 +59,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub search: SearchConfig,
     pub federation: FederationConfig,
+    pub rtc: RtcConfig,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             search: SearchConfig::default(),
             federation: FederationConfig::default(),
+            rtc: RtcConfig::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "media",
     "search",
     "federation",
+    "rtc",
 ];
 
 /// A configuration the server refuses to start with, naming the key and the reason.
@@ -152,6 +157,7 @@ impl Config {
         self.media.validate()?;
         self.search.validate()?;
         self.federation.validate()?;
+        self.rtc.validate()?;
         if !self.public_base_url.is_empty() && !self.public_base_url.starts_with("http") {
             return Err(ConfigError(
                 "public_base_url: must start with http:// or https://".into(),

@@ -96,6 +96,8 @@ impl TestServer {
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "warn")
+            // Tests run in parallel: each SFU takes any free UDP port (a test can override it).
+            .env("SPARKS_RTC__UDP_PORT", "0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -41,6 +41,17 @@ def free_port(ip: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_udp_port(ip: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+# The LiveKit API key and secret of every test Sparks' SFU (tests mint tokens with them).
+RTC_API_KEY = "sparks"
+RTC_API_SECRET = "test-secret-for-the-sfu-0123456789abcdef"
+
+
 def sparks_binary() -> Path:
     """SPARKS_BIN, else $CARGO_TARGET_DIR/debug/sparks, else
     ~/.cache/sparks/target/debug/sparks, else <repo>/target/debug/sparks."""
@@ -74,6 +85,7 @@ class Homeserver:
         self.port = free_port(self.ip)
         self.federation_port = free_port(self.ip) if federation_ip else None
         self.federation_extra = federation_extra
+        self.udp_port = free_udp_port(self.ip)
         if federation_ip:
             self.server_name = server_name or f"{federation_ip}:{self.federation_port}"
         else:
@@ -108,6 +120,10 @@ class Homeserver:
             "enabled = true\n"
             "\n[ratelimit]\n"
             "enabled = false\n"
+            "\n[rtc]\n"
+            f"udp_port = {self.udp_port}\n"
+            f"api_key = {q(RTC_API_KEY)}\n"
+            f"api_secret = {q(RTC_API_SECRET)}\n"
             + ("\n[federation]\nverify_certificates = false\nip_range_denylist = []\n"
                + self.federation_extra
                if self.federation_port else "")

@@ -1,0 +1,239 @@
+//! Runs the [`Sfu`] on tokio: one task owns it and the UDP socket; WebSocket tasks talk to it
+//! through an [`SfuHandle`]. Nothing on the media path takes a lock.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use livekit_protocol::{ParticipantInfo, SignalRequest};
+use prost::Message as _;
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot},
+};
+
+use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig};
+
+/// Longest we sleep without looking at the clock (str0m timers are usually sooner).
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+type Predicate = Box<dyn Fn(&ParticipantInfo) -> bool + Send>;
+
+enum Command {
+    Join {
+        params: JoinParams,
+        reply: oneshot::Sender<(ConnId, mpsc::UnboundedReceiver<Vec<u8>>)>,
+    },
+    Signal(ConnId, SignalRequest),
+    Closed(ConnId),
+    Remove {
+        room: String,
+        matches: Predicate,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// How the homeserver talks to the running SFU.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    local: SocketAddr,
+}
+
+/// A participant's session: signalling messages for its WebSocket (encoded `SignalResponse`s)
+/// arrive on `messages`; it ends when that channel closes.
+pub struct Session {
+    pub conn: ConnId,
+    pub messages: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+impl SfuHandle {
+    /// The UDP address media flows through.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub async fn join(&self, params: JoinParams) -> Option<Session> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Join { params, reply }).ok()?;
+        let (conn, messages) = answer.await.ok()?;
+        Some(Session { conn, messages })
+    }
+
+    /// A message from the participant's WebSocket (undecodable ones are ignored).
+    pub fn signal(&self, conn: ConnId, bytes: &[u8]) {
+        match SignalRequest::decode(bytes) {
+            Ok(request) => {
+                let _ = self.commands.send(Command::Signal(conn, request));
+            }
+            Err(error) => tracing::debug!(conn, %error, "undecodable signal request"),
+        }
+    }
+
+    pub fn closed(&self, conn: ConnId) {
+        let _ = self.commands.send(Command::Closed(conn));
+    }
+
+    /// Removes the participants of `room` that `matches` selects; returns how many.
+    pub async fn remove_where(
+        &self,
+        room: String,
+        matches: impl Fn(&ParticipantInfo) -> bool + Send + 'static,
+    ) -> usize {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Remove {
+            room,
+            matches: Box::new(matches),
+            reply,
+        };
+        if self.commands.send(command).is_err() {
+            return 0;
+        }
+        answer.await.unwrap_or(0)
+    }
+}
+
+/// Binds the UDP socket and starts the SFU task. `advertise` are the addresses clients are
+/// told to send media to (the bound address when it is a concrete one).
+pub async fn start(bind: SocketAddr, advertise: Vec<SocketAddr>) -> io::Result<SfuHandle> {
+    let socket = UdpSocket::bind(bind).await?;
+    let local = socket.local_addr()?;
+    let provider = str0m::crypto::from_feature_flags();
+    let cert = provider
+        .dtls_provider
+        .generate_certificate()
+        .ok_or_else(|| io::Error::other("cannot generate the DTLS certificate"))?;
+    provider.install_process_default();
+    let candidates = if advertise.is_empty() {
+        vec![local]
+    } else {
+        advertise
+            .into_iter()
+            .map(|a| {
+                SocketAddr::new(
+                    a.ip(),
+                    if a.port() == 0 {
+                        local.port()
+                    } else {
+                        a.port()
+                    },
+                )
+            })
+            .collect()
+    };
+    let sfu = Sfu::new(SfuConfig { candidates, cert });
+    let (commands, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(run(sfu, socket, receiver));
+    Ok(SfuHandle { commands, local })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn run(mut sfu: Sfu, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let local = match socket.local_addr() {
+        Ok(local) => local,
+        Err(_) => return,
+    };
+    let mut sessions: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        flush(&mut sfu, &socket, &mut sessions).await;
+        let now = Instant::now();
+        let deadline = sfu
+            .next_timeout()
+            .unwrap_or(now + MAX_IDLE)
+            .min(now + MAX_IDLE)
+            .max(now);
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => {
+                    let data = &buf[..n];
+                    guarded(|| sfu.handle_datagram(Instant::now(), from, local, data));
+                }
+                Err(error) => tracing::debug!(%error, "UDP receive failed"),
+            },
+            command = commands.recv() => match command {
+                Some(command) => handle(&mut sfu, &mut sessions, command),
+                None => return,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                guarded(|| sfu.handle_timeout(Instant::now()));
+            }
+        }
+    }
+}
+
+fn handle(
+    sfu: &mut Sfu,
+    sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+    command: Command,
+) {
+    let now = Instant::now();
+    match command {
+        Command::Join { params, reply } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let conn = sfu.join(now, now_ms(), params);
+            sessions.insert(conn, tx);
+            let _ = reply.send((conn, rx));
+        }
+        Command::Signal(conn, request) => guarded(|| sfu.handle_signal(now, conn, request)),
+        Command::Closed(conn) => {
+            sessions.remove(&conn);
+            guarded(|| sfu.handle_ws_closed(now, conn));
+        }
+        Command::Remove {
+            room,
+            matches,
+            reply,
+        } => {
+            let removed = sfu.remove_where(now, &room, matches);
+            let _ = reply.send(removed);
+        }
+    }
+}
+
+/// Sends what the core produced: datagrams on the socket, signalling to the sessions.
+async fn flush(
+    sfu: &mut Sfu,
+    socket: &UdpSocket,
+    sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+) {
+    while let Some(output) = sfu.poll_output() {
+        match output {
+            Output::Transmit { to, data } => {
+                if socket.try_send_to(&data, to).is_err() {
+                    let _ = socket.send_to(&data, to).await;
+                }
+            }
+            Output::Signal(conn, response) => {
+                if let Some(session) = sessions.get(&conn) {
+                    let _ = session.send(response.encode_to_vec());
+                }
+            }
+            Output::Close(conn) => {
+                sessions.remove(&conn);
+            }
+        }
+    }
+}
+
+/// Runs one input; a panic in it (a bug in handling one peer) is logged instead of taking
+/// the SFU task, and with it every meeting, down.
+fn guarded(f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(what, "SFU input handling panicked");
+    }
+}

@@ -1,0 +1,143 @@
+//! One peer connection: a str0m [`Rtc`] in ICE-lite and RTP mode, with the bookkeeping its
+//! negotiation needs (one offer outstanding at a time, candidates that arrive early).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use str0m::{
+    Candidate, Event, Input, Output, Rtc, RtcConfig,
+    change::SdpPendingOffer,
+    config::DtlsCert,
+    net::{Protocol, Receive},
+};
+
+/// Which of a participant's two connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The participant sends on it (it offers, we answer).
+    Publisher,
+    /// The participant receives on it (we offer, it answers).
+    Subscriber,
+}
+
+pub struct Pc {
+    pub rtc: Rtc,
+    /// Our offer waiting for its answer (subscriber side only).
+    pub pending: Option<SdpPendingOffer>,
+    /// Id of the last offer we sent (answers echo it).
+    pub offer_id: u32,
+    /// Whether the remote description is known; trickled candidates wait until it is.
+    pub has_remote: bool,
+    pub early_candidates: Vec<Candidate>,
+    /// When str0m next wants time to pass.
+    pub next_timeout: Instant,
+}
+
+impl Pc {
+    pub fn new(now: Instant, cert: &DtlsCert, candidates: &[SocketAddr]) -> Self {
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(cert.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .build(now);
+        for addr in candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(candidate) => {
+                    rtc.add_local_candidate(candidate);
+                }
+                Err(error) => tracing::warn!(%addr, %error, "unusable local candidate"),
+            }
+        }
+        Self {
+            rtc,
+            pending: None,
+            offer_id: 0,
+            has_remote: false,
+            early_candidates: Vec::new(),
+            next_timeout: now,
+        }
+    }
+
+    /// A candidate the client trickled (`candidate:...` line), used once the remote
+    /// description is known. ICE-lite does not need them (checks come from the client), but
+    /// they help str0m pair addresses.
+    pub fn add_remote_candidate(&mut self, sdp: &str) {
+        let Ok(candidate) = Candidate::from_sdp_string(sdp) else {
+            tracing::debug!(sdp, "unparsable trickled candidate");
+            return;
+        };
+        if self.has_remote {
+            self.rtc.add_remote_candidate(candidate);
+        } else {
+            self.early_candidates.push(candidate);
+        }
+    }
+
+    /// The remote description is now known: apply candidates that came before it.
+    pub fn remote_known(&mut self) {
+        self.has_remote = true;
+        for candidate in std::mem::take(&mut self.early_candidates) {
+            self.rtc.add_remote_candidate(candidate);
+        }
+    }
+
+    /// Whether this datagram is for this connection (the demultiplexing fallback).
+    pub fn accepts(&self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) -> bool {
+        match Receive::new(Protocol::Udp, from, to, data) {
+            Ok(receive) => self.rtc.accepts(&Input::Receive(now, receive)),
+            Err(_) => false,
+        }
+    }
+
+    pub fn receive(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let Ok(receive) = Receive::new(Protocol::Udp, from, to, data) else {
+            return;
+        };
+        if let Err(error) = self.rtc.handle_input(Input::Receive(now, receive)) {
+            tracing::debug!(%error, "peer connection input failed");
+            self.rtc.disconnect();
+        }
+    }
+
+    pub fn timeout(&mut self, now: Instant) {
+        if let Err(error) = self.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(%error, "peer connection timer failed");
+            self.rtc.disconnect();
+        }
+    }
+
+    /// Drains str0m's output: datagrams to send go to `transmit`, events are returned.
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        mut transmit: impl FnMut(SocketAddr, SocketAddr, Vec<u8>),
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            if !self.rtc.is_alive() {
+                // Nothing more to do; the owner removes it.
+                self.next_timeout = now + Duration::from_secs(3600);
+                return events;
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => transmit(t.source, t.destination, t.contents.into()),
+                Ok(Output::Event(event)) => events.push(event),
+                Ok(Output::Timeout(at)) => {
+                    self.next_timeout = at;
+                    return events;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "peer connection failed");
+                    self.rtc.disconnect();
+                }
+            }
+        }
+    }
+}

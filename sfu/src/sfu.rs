@@ -1,0 +1,1026 @@
+//! The sans-IO core: rooms of participants, their peer connections, and the routing of media
+//! and signalling between them. Every entry point takes the current time; what the outside
+//! world must do comes out of [`Sfu::poll_output`].
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use livekit_protocol::{
+    self as proto, AddTrackRequest, JoinResponse, ParticipantInfo, ParticipantPermission,
+    SignalRequest, TrackInfo, signal_request, signal_response,
+};
+use str0m::{
+    Event, IceConnectionState,
+    change::{SdpAnswer, SdpOffer},
+    channel::{ChannelConfig, ChannelId, Reliability},
+    config::DtlsCert,
+    format::PayloadParams,
+    media::{Direction, KeyframeRequestKind, MediaKind, Mid},
+    rtp::{RtpPacket, RtpWrite, SeqNo},
+};
+
+use crate::{
+    ids,
+    peer::{Pc, Side},
+    signal,
+    token::Claims,
+};
+
+/// One WebSocket connection (one participant session).
+pub type ConnId = u64;
+
+/// Keyframe requests to a publisher, at most one per track in this time.
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// The first outgoing sequence number of a forwarded stream (low, so the SRTP rollover
+/// counter starts at 0 for the receiver).
+const FIRST_SEQ: u64 = 1000;
+
+pub struct SfuConfig {
+    /// Where the UDP socket is reachable (host candidates).
+    pub candidates: Vec<SocketAddr>,
+    /// The DTLS certificate every peer connection presents.
+    pub cert: DtlsCert,
+}
+
+/// What a participant joins with (from their verified token and the `/rtc` query).
+pub struct JoinParams {
+    pub claims: Claims,
+    pub auto_subscribe: bool,
+}
+
+/// Work for the driver.
+#[derive(Debug)]
+pub enum Output {
+    /// A signalling message for a connection's WebSocket.
+    Signal(ConnId, Box<proto::SignalResponse>),
+    /// The connection is over: close its WebSocket.
+    Close(ConnId),
+    /// A datagram to send from our socket.
+    Transmit { to: SocketAddr, data: Vec<u8> },
+}
+
+struct Room {
+    sid: String,
+    created_ms: i64,
+    members: Vec<ConnId>,
+}
+
+/// A published track.
+struct UpTrack {
+    info: TrackInfo,
+    mid: Option<Mid>,
+    kind: MediaKind,
+    last_pli: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DownState {
+    /// Waiting for the next subscriber offer.
+    ToOpen,
+    /// In an offer not yet answered.
+    Negotiating(Mid),
+    /// Flowing.
+    Open(Mid),
+}
+
+/// A track a participant receives from another.
+struct DownTrack {
+    publisher: ConnId,
+    /// The publisher's participant sid: clients find who a track is from by the stream id
+    /// `PA_x|TR_y` of its m-line.
+    publisher_sid: String,
+    track_sid: String,
+    kind: MediaKind,
+    state: DownState,
+    /// Added to the publisher's (extended) sequence numbers for this receiver.
+    seq_offset: Option<i64>,
+}
+
+struct Participant {
+    room: String,
+    info: ParticipantInfo,
+    publisher: Pc,
+    subscriber: Pc,
+    /// `AddTrack`s whose media has not appeared in the publisher connection yet.
+    pending: Vec<(String, TrackInfo)>,
+    tracks: Vec<UpTrack>,
+    downs: Vec<DownTrack>,
+    /// Data channels on the subscriber connection, by label.
+    channels: HashMap<String, ChannelId>,
+    /// Labels of the data channels the participant opened on its publisher connection.
+    publisher_channels: HashMap<ChannelId, String>,
+    /// Whether the first subscriber offer was sent (it carries the data channels).
+    offered: bool,
+}
+
+impl Participant {
+    fn pc(&mut self, side: Side) -> &mut Pc {
+        match side {
+            Side::Publisher => &mut self.publisher,
+            Side::Subscriber => &mut self.subscriber,
+        }
+    }
+
+    /// The participant as others see it: with its published tracks.
+    fn public_info(&self) -> ParticipantInfo {
+        let mut info = self.info.clone();
+        info.tracks = self.tracks.iter().map(|t| t.info.clone()).collect();
+        info.is_publisher = !info.tracks.is_empty();
+        info
+    }
+}
+
+pub struct Sfu {
+    config: SfuConfig,
+    rooms: HashMap<String, Room>,
+    participants: BTreeMap<ConnId, Participant>,
+    /// Which connection a remote address talks to (learnt from the first packet).
+    by_source: HashMap<SocketAddr, (ConnId, Side)>,
+    next_conn: ConnId,
+    out: VecDeque<Output>,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+            participants: BTreeMap::new(),
+            by_source: HashMap::new(),
+            next_conn: 1,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Sfu::handle_timeout`] should next be called.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.participants
+            .values()
+            .flat_map(|p| [p.publisher.next_timeout, p.subscriber.next_timeout])
+            .min()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// A participant joins: answer with `JoinResponse`, offer the subscriber connection, and
+    /// tell the room. `now_ms` is wall-clock time for the timestamps clients display.
+    pub fn join(&mut self, now: Instant, now_ms: i64, params: JoinParams) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let claims = params.claims;
+        let room_name = claims.video.room.clone();
+        let room = self.rooms.entry(room_name.clone()).or_insert_with(|| Room {
+            sid: ids::new("RM_"),
+            created_ms: now_ms,
+            members: Vec::new(),
+        });
+        // A second connection with the same identity replaces the first.
+        let duplicate = room.members.iter().copied().find(|c| {
+            self.participants
+                .get(c)
+                .is_some_and(|p| p.info.identity == claims.sub)
+        });
+        if let Some(old) = duplicate {
+            self.remove(now, old, proto::DisconnectReason::DuplicateIdentity);
+        }
+        let grant = &claims.video;
+        let info = ParticipantInfo {
+            sid: ids::new("PA_"),
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            metadata: claims.metadata.clone(),
+            state: proto::participant_info::State::Joined as i32,
+            joined_at: now_ms / 1000,
+            joined_at_ms: now_ms,
+            kind: proto::participant_info::Kind::Standard as i32,
+            permission: Some(ParticipantPermission {
+                can_subscribe: grant.can_subscribe.unwrap_or(true),
+                can_publish: grant.can_publish.unwrap_or(true),
+                can_publish_data: grant.can_publish_data.unwrap_or(true),
+                can_update_metadata: grant.can_update_own_metadata.unwrap_or(false),
+                hidden: grant.hidden,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let room = self
+            .rooms
+            .get_mut(&room_name)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        let others: Vec<ParticipantInfo> = room
+            .members
+            .iter()
+            .filter_map(|c| self.participants.get(c))
+            .map(|p| {
+                let mut info = p.public_info();
+                info.state = proto::participant_info::State::Active as i32;
+                info
+            })
+            .collect();
+        room.members.push(conn);
+        let join = JoinResponse {
+            room: Some(proto::Room {
+                sid: room.sid.clone(),
+                name: room_name.clone(),
+                creation_time: room.created_ms / 1000,
+                creation_time_ms: room.created_ms,
+                num_participants: room.members.len() as u32,
+                ..Default::default()
+            }),
+            participant: Some(info.clone()),
+            other_participants: others,
+            server_version: signal::SERVER_VERSION.to_owned(),
+            server_info: Some(signal::server_info()),
+            subscriber_primary: true,
+            ping_interval: signal::PING_INTERVAL_S,
+            ping_timeout: signal::PING_TIMEOUT_S,
+            ..Default::default()
+        };
+        self.signal(conn, signal_response::Message::Join(join));
+
+        let mut participant = Participant {
+            room: room_name.clone(),
+            info,
+            publisher: Pc::new(now, &self.config.cert, &self.config.candidates),
+            subscriber: Pc::new(now, &self.config.cert, &self.config.candidates),
+            pending: Vec::new(),
+            tracks: Vec::new(),
+            downs: Vec::new(),
+            channels: HashMap::new(),
+            publisher_channels: HashMap::new(),
+            offered: false,
+        };
+        if params.auto_subscribe {
+            participant.downs = self.existing_tracks(&room_name, conn);
+        }
+        self.participants.insert(conn, participant);
+        self.negotiate(now, conn);
+        let newcomer = self.participants[&conn].public_info();
+        self.broadcast_update(&room_name, Some(conn), vec![newcomer]);
+        conn
+    }
+
+    /// Tracks already published in a room, as new subscriptions for `conn`.
+    fn existing_tracks(&self, room: &str, conn: ConnId) -> Vec<DownTrack> {
+        let Some(room) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        room.members
+            .iter()
+            .filter(|c| **c != conn)
+            .filter_map(|c| self.participants.get(c).map(|p| (*c, p)))
+            .flat_map(|(c, p)| {
+                p.tracks
+                    .iter()
+                    .filter(|t| t.mid.is_some())
+                    .map(move |t| DownTrack {
+                        publisher: c,
+                        publisher_sid: p.info.sid.clone(),
+                        track_sid: t.info.sid.clone(),
+                        kind: t.kind,
+                        state: DownState::ToOpen,
+                        seq_offset: None,
+                    })
+            })
+            .collect()
+    }
+
+    /// A signalling message from a participant.
+    pub fn handle_signal(&mut self, now: Instant, conn: ConnId, request: SignalRequest) {
+        let Some(message) = request.message else {
+            return;
+        };
+        if !self.participants.contains_key(&conn) {
+            return;
+        }
+        use signal_request::Message as M;
+        match message {
+            M::Offer(offer) => self.publisher_offer(now, conn, &offer),
+            M::Answer(answer) => self.subscriber_answer(now, conn, &answer),
+            M::Trickle(trickle) => self.trickle(conn, &trickle),
+            M::AddTrack(add) => self.add_track(conn, add),
+            M::Mute(mute) => self.mute(conn, &mute),
+            M::Leave(_) => self.remove(now, conn, proto::DisconnectReason::ClientInitiated),
+            M::Ping(ts) => self.signal(conn, signal_response::Message::Pong(ts)),
+            M::PingReq(ping) => self.signal(
+                conn,
+                signal_response::Message::PongResp(proto::Pong {
+                    last_ping_timestamp: ping.timestamp,
+                    timestamp: ping.timestamp,
+                }),
+            ),
+            other => {
+                tracing::debug!(conn, message = ?std::mem::discriminant(&other), "signal not handled")
+            }
+        }
+    }
+
+    /// The WebSocket went away: the participant leaves.
+    pub fn handle_ws_closed(&mut self, now: Instant, conn: ConnId) {
+        if self.participants.contains_key(&conn) {
+            self.remove(now, conn, proto::DisconnectReason::ClientInitiated);
+        }
+    }
+
+    /// Removes every participant of `room` whose identity `matches` (e.g. a Matrix user who
+    /// left the Matrix room), telling them why.
+    pub fn remove_where(
+        &mut self,
+        now: Instant,
+        room: &str,
+        matches: impl Fn(&ParticipantInfo) -> bool,
+    ) -> usize {
+        let conns: Vec<ConnId> = self
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| self.participants.get(c).is_some_and(|p| matches(&p.info)))
+            .collect();
+        for conn in &conns {
+            self.remove(now, *conn, proto::DisconnectReason::ParticipantRemoved);
+        }
+        conns.len()
+    }
+
+    fn remove(&mut self, now: Instant, conn: ConnId, reason: proto::DisconnectReason) {
+        let Some(mut participant) = self.participants.remove(&conn) else {
+            return;
+        };
+        if reason != proto::DisconnectReason::ClientInitiated {
+            self.signal(
+                conn,
+                signal_response::Message::Leave(match signal::leave(reason).message {
+                    Some(signal_response::Message::Leave(leave)) => leave,
+                    _ => proto::LeaveRequest::default(),
+                }),
+            );
+        }
+        self.out.push_back(Output::Close(conn));
+        participant.publisher.rtc.disconnect();
+        participant.subscriber.rtc.disconnect();
+        self.by_source.retain(|_, (c, _)| *c != conn);
+        let room_name = participant.room.clone();
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.members.retain(|c| *c != conn);
+            if room.members.is_empty() {
+                self.rooms.remove(&room_name);
+            }
+        }
+        // Its tracks go away for everyone else.
+        let gone: Vec<String> = participant
+            .tracks
+            .iter()
+            .map(|t| t.info.sid.clone())
+            .collect();
+        let members = self.members(&room_name);
+        for other in &members {
+            if let Some(p) = self.participants.get_mut(other) {
+                for down in p.downs.iter().filter(|d| gone.contains(&d.track_sid)) {
+                    if let DownState::Open(mid) | DownState::Negotiating(mid) = down.state {
+                        tracing::debug!(?mid, "subscription ends with its publisher");
+                    }
+                }
+                p.downs.retain(|d| d.publisher != conn);
+            }
+        }
+        let mut info = participant.public_info();
+        info.state = proto::participant_info::State::Disconnected as i32;
+        info.tracks.clear();
+        self.broadcast_update(&room_name, None, vec![info]);
+        let _ = now;
+    }
+
+    fn members(&self, room: &str) -> Vec<ConnId> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
+    }
+
+    fn signal(&mut self, conn: ConnId, message: signal_response::Message) {
+        self.out
+            .push_back(Output::Signal(conn, Box::new(signal::response(message))));
+    }
+
+    /// Sends a `ParticipantUpdate` to everyone in the room (but `except`).
+    fn broadcast_update(
+        &mut self,
+        room: &str,
+        except: Option<ConnId>,
+        infos: Vec<ParticipantInfo>,
+    ) {
+        for member in self.members(room) {
+            if Some(member) != except {
+                self.out.push_back(Output::Signal(
+                    member,
+                    Box::new(signal::update(infos.clone())),
+                ));
+            }
+        }
+    }
+
+    fn publisher_offer(&mut self, now: Instant, conn: ConnId, offer: &proto::SessionDescription) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let parsed = match SdpOffer::from_sdp_string(&offer.sdp) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::info!(conn, %error, "unparsable publisher offer");
+                return;
+            }
+        };
+        match participant.publisher.rtc.sdp_api().accept_offer(parsed) {
+            Ok(answer) => {
+                participant.publisher.remote_known();
+                let sdp = answer.to_sdp_string();
+                self.out.push_back(Output::Signal(
+                    conn,
+                    Box::new(signal::answer(sdp, offer.id)),
+                ));
+                self.drive(now, conn, Side::Publisher);
+            }
+            Err(error) => tracing::info!(conn, %error, "publisher offer refused"),
+        }
+    }
+
+    fn subscriber_answer(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        answer: &proto::SessionDescription,
+    ) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        if answer.id != 0 && answer.id != participant.subscriber.offer_id {
+            tracing::debug!(conn, id = answer.id, "stale subscriber answer");
+            return;
+        }
+        let Some(pending) = participant.subscriber.pending.take() else {
+            return;
+        };
+        let parsed = match SdpAnswer::from_sdp_string(&answer.sdp) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::info!(conn, %error, "unparsable subscriber answer");
+                return;
+            }
+        };
+        if let Err(error) = participant
+            .subscriber
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, parsed)
+        {
+            tracing::info!(conn, %error, "subscriber answer refused");
+            return;
+        }
+        participant.subscriber.remote_known();
+        let mut opened = Vec::new();
+        for down in &mut participant.downs {
+            if let DownState::Negotiating(mid) = down.state {
+                down.state = DownState::Open(mid);
+                opened.push((down.publisher, down.track_sid.clone(), down.kind));
+            }
+        }
+        // A new video subscriber needs a keyframe to start from.
+        for (publisher, track_sid, kind) in opened {
+            if kind == MediaKind::Video {
+                self.request_keyframe(now, publisher, &track_sid);
+            }
+        }
+        self.drive(now, conn, Side::Subscriber);
+        self.negotiate(now, conn);
+    }
+
+    fn trickle(&mut self, conn: ConnId, trickle: &proto::TrickleRequest) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let side = if trickle.target == proto::SignalTarget::Subscriber as i32 {
+            Side::Subscriber
+        } else {
+            Side::Publisher
+        };
+        // `candidate_init` is the browser's RTCIceCandidateInit as JSON.
+        let init: serde_json::Value =
+            serde_json::from_str(&trickle.candidate_init).unwrap_or_default();
+        if let Some(candidate) = init["candidate"].as_str()
+            && !candidate.is_empty()
+        {
+            participant.pc(side).add_remote_candidate(candidate);
+        }
+    }
+
+    // The deprecated fields are still what older clients send and read.
+    #[allow(deprecated)]
+    fn add_track(&mut self, conn: ConnId, add: AddTrackRequest) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let allowed = participant
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_publish);
+        if !allowed {
+            tracing::info!(conn, cid = add.cid, "publishing refused: no permission");
+            self.signal(
+                conn,
+                signal_response::Message::RequestResponse(proto::RequestResponse {
+                    reason: proto::request_response::Reason::NotAllowed as i32,
+                    message: "no permission to publish".to_owned(),
+                    ..Default::default()
+                }),
+            );
+            return;
+        }
+        let info = TrackInfo {
+            sid: ids::new("TR_"),
+            r#type: add.r#type,
+            name: add.name.clone(),
+            muted: add.muted,
+            width: add.width,
+            height: add.height,
+            simulcast: add.layers.len() > 1,
+            disable_dtx: add.disable_dtx,
+            source: add.source,
+            layers: add.layers.clone(),
+            stereo: add.stereo,
+            disable_red: add.disable_red,
+            encryption: add.encryption,
+            stream: add.stream.clone(),
+            audio_features: add.audio_features.clone(),
+            ..Default::default()
+        };
+        participant.pending.push((add.cid.clone(), info.clone()));
+        self.signal(
+            conn,
+            signal_response::Message::TrackPublished(proto::TrackPublishedResponse {
+                cid: add.cid,
+                track: Some(info),
+            }),
+        );
+    }
+
+    fn mute(&mut self, conn: ConnId, mute: &proto::MuteTrackRequest) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let Some(track) = participant
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.sid == mute.sid)
+        else {
+            return;
+        };
+        track.info.muted = mute.muted;
+        let room = participant.room.clone();
+        let info = participant.public_info();
+        self.broadcast_update(&room, None, vec![info]);
+    }
+
+    /// Sends the next subscriber offer when something changed and no offer is outstanding.
+    fn negotiate(&mut self, now: Instant, conn: ConnId) {
+        let (offer, id) = {
+            let Some(participant) = self.participants.get_mut(&conn) else {
+                return;
+            };
+            if participant.subscriber.pending.is_some() {
+                return;
+            }
+            let first = !participant.offered;
+            let wanted: Vec<(usize, String, String, MediaKind)> = participant
+                .downs
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.state == DownState::ToOpen)
+                .map(|(i, d)| (i, d.publisher_sid.clone(), d.track_sid.clone(), d.kind))
+                .collect();
+            if !first && wanted.is_empty() {
+                return;
+            }
+            let mut api = participant.subscriber.rtc.sdp_api();
+            if first {
+                api.add_channel_with_config(ChannelConfig {
+                    label: "_reliable".to_owned(),
+                    ordered: true,
+                    reliability: Reliability::Reliable,
+                    ..Default::default()
+                });
+                api.add_channel_with_config(ChannelConfig {
+                    label: "_lossy".to_owned(),
+                    ordered: false,
+                    reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                    ..Default::default()
+                });
+            }
+            let mut mids = Vec::new();
+            for (index, publisher_sid, track_sid, kind) in wanted {
+                let stream = format!("{publisher_sid}|{track_sid}");
+                let mid = api.add_media(
+                    kind,
+                    Direction::SendOnly,
+                    Some(stream),
+                    Some(track_sid),
+                    None,
+                );
+                mids.push((index, mid));
+            }
+            let Some((offer, pending)) = api.apply() else {
+                return;
+            };
+            for (index, mid) in mids {
+                participant.downs[index].state = DownState::Negotiating(mid);
+            }
+            participant.offered = true;
+            participant.subscriber.pending = Some(pending);
+            participant.subscriber.offer_id += 1;
+            (offer.to_sdp_string(), participant.subscriber.offer_id)
+        };
+        self.out
+            .push_back(Output::Signal(conn, Box::new(signal::offer(offer, id))));
+        self.drive(now, conn, Side::Subscriber);
+    }
+
+    /// A datagram arrived on our socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        let target = match self.by_source.get(&from) {
+            Some(found) => Some(*found),
+            None => self.find_accepting(now, from, to, data),
+        };
+        let Some((conn, side)) = target else {
+            tracing::trace!(%from, "datagram for no connection");
+            return;
+        };
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            self.by_source.remove(&from);
+            return;
+        };
+        participant.pc(side).receive(now, from, to, data);
+        self.drive(now, conn, side);
+    }
+
+    /// The connection that accepts a datagram from a new address (STUN with its ufrag).
+    fn find_accepting(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+        data: &[u8],
+    ) -> Option<(ConnId, Side)> {
+        for (conn, participant) in &self.participants {
+            for side in [Side::Publisher, Side::Subscriber] {
+                let pc = match side {
+                    Side::Publisher => &participant.publisher,
+                    Side::Subscriber => &participant.subscriber,
+                };
+                if pc.accepts(now, from, to, data) {
+                    self.by_source.insert(from, (*conn, side));
+                    return Some((*conn, side));
+                }
+            }
+        }
+        None
+    }
+
+    /// Time passed: run every connection whose timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(ConnId, Side)> = self
+            .participants
+            .iter()
+            .flat_map(|(c, p)| {
+                [
+                    (*c, Side::Publisher, p.publisher.next_timeout),
+                    (*c, Side::Subscriber, p.subscriber.next_timeout),
+                ]
+            })
+            .filter(|(_, _, at)| *at <= now)
+            .map(|(c, s, _)| (c, s))
+            .collect();
+        for (conn, side) in due {
+            if let Some(participant) = self.participants.get_mut(&conn) {
+                participant.pc(side).timeout(now);
+                self.drive(now, conn, side);
+            }
+        }
+    }
+
+    /// Drains one connection's output and acts on its events.
+    fn drive(&mut self, now: Instant, conn: ConnId, side: Side) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let out = &mut self.out;
+        let events = participant.pc(side).drain(now, |_, to, data| {
+            out.push_back(Output::Transmit { to, data })
+        });
+        let alive = participant.pc(side).rtc.is_alive();
+        for event in events {
+            self.on_event(now, conn, side, event);
+        }
+        if !alive && self.participants.contains_key(&conn) {
+            tracing::debug!(conn, ?side, "peer connection closed");
+            self.remove(now, conn, proto::DisconnectReason::UnknownReason);
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, conn: ConnId, side: Side, event: Event) {
+        match (side, event) {
+            (Side::Publisher, Event::MediaAdded(added)) => {
+                self.media_added(now, conn, added.mid, added.kind)
+            }
+            (Side::Publisher, Event::RtpPacket(packet)) => self.forward(now, conn, packet),
+            (Side::Subscriber, Event::KeyframeRequest(request)) => {
+                let publisher = self.participants.get(&conn).and_then(|p| {
+                    p.downs
+                        .iter()
+                        .find(|d| d.state == DownState::Open(request.mid))
+                        .map(|d| (d.publisher, d.track_sid.clone()))
+                });
+                if let Some((publisher, track_sid)) = publisher {
+                    self.request_keyframe(now, publisher, &track_sid);
+                }
+            }
+            (Side::Subscriber, Event::ChannelOpen(id, label)) => {
+                if let Some(p) = self.participants.get_mut(&conn) {
+                    p.channels.insert(label, id);
+                }
+            }
+            (Side::Publisher, Event::ChannelOpen(id, label)) => {
+                if let Some(p) = self.participants.get_mut(&conn) {
+                    p.publisher_channels.insert(id, label);
+                }
+            }
+            (Side::Publisher, Event::ChannelData(data)) => {
+                self.relay_data(now, conn, data.id, &data.data)
+            }
+            (_, Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                tracing::debug!(conn, ?side, "ICE disconnected");
+            }
+            _ => {}
+        }
+    }
+
+    /// A track's media appeared in the publisher connection: bind it to its `AddTrack` and
+    /// offer it to everyone else in the room.
+    fn media_added(&mut self, now: Instant, conn: ConnId, mid: Mid, kind: MediaKind) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        // The offer's msid track id is the client's cid for the track.
+        let track_id = participant
+            .publisher
+            .rtc
+            .media(mid)
+            .map(|m| m.track_id().to_owned())
+            .unwrap_or_default();
+        let want_type = match kind {
+            MediaKind::Audio => proto::TrackType::Audio as i32,
+            MediaKind::Video => proto::TrackType::Video as i32,
+        };
+        let index = participant
+            .pending
+            .iter()
+            .position(|(cid, _)| *cid == track_id)
+            .or_else(|| {
+                participant
+                    .pending
+                    .iter()
+                    .position(|(_, i)| i.r#type == want_type)
+            });
+        let Some(index) = index else {
+            tracing::info!(conn, %mid, "media without an AddTrack");
+            return;
+        };
+        let (_, mut info) = participant.pending.remove(index);
+        info.mid = mid.to_string();
+        info.mime_type = match kind {
+            MediaKind::Audio => "audio/opus".to_owned(),
+            MediaKind::Video => "video/VP8".to_owned(),
+        };
+        let sid = info.sid.clone();
+        participant.tracks.push(UpTrack {
+            info,
+            mid: Some(mid),
+            kind,
+            last_pli: None,
+        });
+        let room = participant.room.clone();
+        let publisher_sid = participant.info.sid.clone();
+        let public = participant.public_info();
+        // Everyone learns of the track before any offer carries it (else clients drop it).
+        self.broadcast_update(&room, None, vec![public]);
+        for member in self.members(&room) {
+            if member == conn {
+                continue;
+            }
+            let Some(other) = self.participants.get_mut(&member) else {
+                continue;
+            };
+            if !other
+                .info
+                .permission
+                .as_ref()
+                .is_some_and(|p| p.can_subscribe)
+            {
+                continue;
+            }
+            other.downs.push(DownTrack {
+                publisher: conn,
+                publisher_sid: publisher_sid.clone(),
+                track_sid: sid.clone(),
+                kind,
+                state: DownState::ToOpen,
+                seq_offset: None,
+            });
+            self.negotiate(now, member);
+        }
+    }
+
+    /// An RTP packet from a publisher: to every subscriber of its track, sequence numbers
+    /// rebased per receiver, payload untouched.
+    fn forward(&mut self, now: Instant, conn: ConnId, packet: RtpPacket) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let Some(mid) = participant
+            .publisher
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|s| s.mid())
+        else {
+            return;
+        };
+        let Some(track) = participant.tracks.iter().find(|t| t.mid == Some(mid)) else {
+            return;
+        };
+        let track_sid = track.info.sid.clone();
+        let kind = track.kind;
+        let Some(params) = participant
+            .publisher
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == packet.header.payload_type)
+            .copied()
+        else {
+            return;
+        };
+        let room = participant.room.clone();
+        for member in self.members(&room) {
+            if member == conn {
+                continue;
+            }
+            self.write_to(now, member, conn, &track_sid, kind, &params, &packet);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_to(
+        &mut self,
+        now: Instant,
+        member: ConnId,
+        publisher: ConnId,
+        track_sid: &str,
+        kind: MediaKind,
+        params: &PayloadParams,
+        packet: &RtpPacket,
+    ) {
+        let Some(subscriber) = self.participants.get_mut(&member) else {
+            return;
+        };
+        let Some(down) = subscriber
+            .downs
+            .iter_mut()
+            .find(|d| d.publisher == publisher && d.track_sid == track_sid)
+        else {
+            return;
+        };
+        let DownState::Open(mid) = down.state else {
+            return;
+        };
+        let Some(pt) = subscriber
+            .subscriber
+            .rtc
+            .codec_config()
+            .match_params(*params)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let incoming = *packet.seq_no as i64;
+        let offset = *down.seq_offset.get_or_insert(FIRST_SEQ as i64 - incoming);
+        let seq = (incoming + offset).max(0) as u64;
+        let mut api = subscriber.subscriber.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        stream.write_rtp(
+            RtpWrite::new(
+                pt,
+                SeqNo::from(seq),
+                packet.header.timestamp,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(packet.header.ext_vals.clone())
+            .nackable(kind == MediaKind::Video),
+        );
+        self.drive(now, member, Side::Subscriber);
+    }
+
+    /// Asks a publisher for a keyframe of a track (throttled).
+    fn request_keyframe(&mut self, now: Instant, publisher: ConnId, track_sid: &str) {
+        let Some(participant) = self.participants.get_mut(&publisher) else {
+            return;
+        };
+        let Some(track) = participant
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.sid == track_sid)
+        else {
+            return;
+        };
+        if track.last_pli.is_some_and(|at| now < at + PLI_INTERVAL) {
+            return;
+        }
+        let Some(mid) = track.mid else {
+            return;
+        };
+        track.last_pli = Some(now);
+        if let Some(stream) = participant
+            .publisher
+            .rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+        {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        self.drive(now, publisher, Side::Publisher);
+    }
+
+    /// Data a participant published (`DataPacket` on `_reliable`/`_lossy`): to the others,
+    /// stamped with the sender's identity.
+    fn relay_data(&mut self, now: Instant, conn: ConnId, channel: ChannelId, data: &[u8]) {
+        use prost::Message as _;
+        let Some(participant) = self.participants.get(&conn) else {
+            return;
+        };
+        if !participant
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_publish_data)
+        {
+            return;
+        }
+        let Ok(mut packet) = proto::DataPacket::decode(data) else {
+            return;
+        };
+        packet.participant_identity = participant.info.identity.clone();
+        packet.participant_sid = participant.info.sid.clone();
+        // Sent on the same kind of channel it came on.
+        let label = participant
+            .publisher_channels
+            .get(&channel)
+            .cloned()
+            .unwrap_or_else(|| "_reliable".to_owned());
+        let targets = packet.destination_identities.clone();
+        let bytes = packet.encode_to_vec();
+        let room = participant.room.clone();
+        for member in self.members(&room) {
+            if member == conn {
+                continue;
+            }
+            let Some(other) = self.participants.get_mut(&member) else {
+                continue;
+            };
+            if !targets.is_empty() && !targets.contains(&other.info.identity) {
+                continue;
+            }
+            let Some(id) = other.channels.get(&label).copied() else {
+                continue;
+            };
+            if let Some(mut channel) = other.subscriber.rtc.channel(id) {
+                let _ = channel.write(true, &bytes);
+            }
+            self.drive(now, member, Side::Subscriber);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! LiveKit-compatible signalling for the built-in SFU, under `/livekit/sfu`:
+//!
+//! - `GET /rtc` (WebSocket): a participant's session, binary protobuf `SignalRequest` in,
+//!   `SignalResponse` out (protocol v0: a publisher and a subscriber peer connection);
+//! - `GET /rtc/validate`: checks a token the way `/rtc` would, for clients that want a
+//!   readable error after a failed WebSocket;
+//! - `/rtc/v1` and `/rtc/v1/validate` (single peer connection) answer 404 so clients fall
+//!   back to v0.
+//!
+//! The token comes as `Authorization: Bearer` (LiveKit's Rust/Python SDKs) or the
+//! `access_token` query parameter (browsers); a bad one is a 401 with a plain-text reason, as
+//! LiveKit answers.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{
+        Query, State,
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use sparks_sfu::{JoinParams, driver::SfuHandle, token};
+
+use crate::server::Server;
+
+pub fn routes(r: Router<Arc<Server>>) -> Router<Arc<Server>> {
+    r.route("/livekit/sfu/rtc", get(rtc))
+        .route("/livekit/sfu/rtc/validate", get(validate))
+        .route("/livekit/sfu/rtc/v1", get(not_v1))
+        .route("/livekit/sfu/rtc/v1/validate", get(not_v1))
+}
+
+/// Single-peer-connection signalling is not served: clients fall back to v0 on this 404.
+async fn not_v1() -> Response {
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+fn token_of<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query.get("access_token").map(String::as_str))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The verified claims, or the status and plain-text reason LiveKit gives for a refused
+/// token.
+fn check(
+    server: &Server,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(token::Claims, SfuHandle), (StatusCode, String)> {
+    let Some(handle) = server.rtc.handle().cloned() else {
+        let reason = "meetings are not enabled on this server".to_owned();
+        return Err((StatusCode::NOT_FOUND, reason));
+    };
+    let Some(raw) = token_of(headers, query) else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "no authorization token".to_owned(),
+        ));
+    };
+    token::verify_join(raw, |key| server.rtc.secret_of(server, key), unix_now())
+        .map(|claims| (claims, handle))
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
+async fn validate(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    match check(&server, &headers, &query) {
+        Ok(_) => (StatusCode::OK, "success").into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn rtc(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let (claims, handle) = match check(&server, &headers, &query) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
+    };
+    let auto_subscribe = query
+        .get("auto_subscribe")
+        .is_none_or(|v| v == "1" || v == "true");
+    upgrade.on_upgrade(move |socket| {
+        session(
+            socket,
+            handle,
+            JoinParams {
+                claims,
+                auto_subscribe,
+            },
+        )
+    })
+}
+
+/// Relays one participant's signalling between its WebSocket and the SFU until either ends.
+async fn session(mut socket: WebSocket, handle: SfuHandle, params: JoinParams) {
+    let Some(mut session) = handle.join(params).await else {
+        return;
+    };
+    let conn = session.conn;
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Binary(bytes))) => handle.signal(conn, &bytes),
+                Some(Ok(Message::Text(_))) => {
+                    // JSON signalling (a non-default mode of the JS client) is not spoken.
+                    let _ = socket.send(Message::Close(Some(CloseFrame {
+                        code: 1003,
+                        reason: "binary protobuf signalling only".into(),
+                    }))).await;
+                    break;
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            outgoing = session.messages.recv() => match outgoing {
+                Some(bytes) => {
+                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+            },
+        }
+    }
+    handle.closed(conn);
+}

@@ -1,0 +1,75 @@
+//! The meeting service: starts the SFU (`sparks-sfu`) next to the homeserver and keeps what
+//! the endpoints need to issue and check its tokens.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    sync::OnceLock,
+};
+
+use sparks_sfu::driver::SfuHandle;
+
+use crate::server::Server;
+
+pub struct Rtc {
+    /// The running SFU (unset when `[rtc] enabled = false` or its port could not be bound).
+    handle: OnceLock<SfuHandle>,
+    /// The API secret in force: the configured one, or a random one for this run.
+    secret: String,
+}
+
+impl Rtc {
+    pub fn new(config: &crate::config::RtcConfig) -> Self {
+        let secret = if config.api_secret.is_empty() {
+            crate::server::rand_alnum(48)
+        } else {
+            config.api_secret.clone()
+        };
+        Self {
+            handle: OnceLock::new(),
+            secret,
+        }
+    }
+
+    pub fn handle(&self) -> Option<&SfuHandle> {
+        self.handle.get()
+    }
+
+    /// The secret for an API key, if it is ours.
+    pub fn secret_of(&self, server: &Server, key: &str) -> Option<String> {
+        (key == server.config.rtc.api_key).then(|| self.secret.clone())
+    }
+}
+
+/// Binds the SFU's UDP port and starts it. A port that cannot be bound disables meetings
+/// (logged) rather than stopping the homeserver.
+pub async fn start(server: &Server) {
+    let config = &server.config.rtc;
+    if !config.enabled {
+        return;
+    }
+    let ip = server.config.listen.client.ip();
+    let bind = SocketAddr::new(ip, config.udp_port);
+    let advertised = config.public_ip.unwrap_or_else(|| advertised_ip(ip));
+    match sparks_sfu::driver::start(bind, vec![SocketAddr::new(advertised, 0)]).await {
+        Ok(handle) => {
+            tracing::info!(udp = %handle.local_addr(), advertised = %advertised, "SFU ready");
+            let _ = server.rtc.handle.set(handle);
+        }
+        Err(error) => tracing::error!(%bind, %error, "cannot start the SFU: meetings are off"),
+    }
+}
+
+/// The address to give clients for a socket bound to `ip`: itself, or for 0.0.0.0 the
+/// address of the default route (found without sending anything).
+fn advertised_ip(ip: IpAddr) -> IpAddr {
+    if !ip.is_unspecified() {
+        return ip;
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
