@@ -4,7 +4,11 @@ tokens signed by Sparks' API secret, in its two-peer-connection mode (LiveKit pr
 
 Covered: bad, expired and foreign tokens are refused with 401 (``/rtc/validate`` and the
 WebSocket); two participants each publish a tone (440 Hz and 660 Hz) and each hears the
-other's, through ICE-lite, DTLS-SRTP and the server's RTP forwarding; leaving is seen.
+other's, through ICE-lite, DTLS-SRTP and the server's RTP forwarding; leaving is seen; video
+(a solid colour) arrives; a late joiner gets the tracks already published; data messages
+reach whom they are addressed to, stamped with the sender; mute is seen; a participant
+without publish permission cannot publish; end-to-end encrypted media passes untouched (a
+receiver with the key decodes it, one without cannot).
 """
 
 from __future__ import annotations
@@ -59,11 +63,15 @@ def sfu_url(hs: Homeserver) -> str:
     return f"ws://{hs.ip}:{hs.port}/livekit/sfu"
 
 
-async def connect(hs: Homeserver, identity: str, room: str) -> rtc.Room:
+async def connect(hs: Homeserver, identity: str, room: str, key: bytes | None = None,
+                  **grant) -> rtc.Room:
     lk = rtc.Room()
+    encryption = (rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
+                  if key else None)
     await asyncio.wait_for(
-        lk.connect(sfu_url(hs), make_token(identity, room),
-                   rtc.RoomOptions(auto_subscribe=True, single_peer_connection=False)),
+        lk.connect(sfu_url(hs), make_token(identity, room, **grant),
+                   rtc.RoomOptions(auto_subscribe=True, single_peer_connection=False,
+                                   encryption=encryption)),
         timeout=20)
     return lk
 
@@ -89,21 +97,33 @@ def dominant_frequency(pcm: np.ndarray) -> float:
     return float(np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE)[np.argmax(spectrum)])
 
 
-async def heard_frequency(lk: rtc.Room, from_identity: str, seconds: float = 15) -> float:
-    """Waits for the audio track of ``from_identity`` and returns the dominant frequency of
-    one second of what arrives (after the first half second, when the decoder has settled)."""
+async def remote_track(lk: rtc.Room, from_identity: str, kind, seconds: float = 15):
+    """The subscribed track of ``kind`` from ``from_identity`` (waits for it)."""
     deadline = time.monotonic() + seconds
-    track = None
-    while time.monotonic() < deadline and track is None:
+    while time.monotonic() < deadline:
         participant = next((p for p in lk.remote_participants.values()
                             if p.identity == from_identity), None)
         if participant:
             track = next((pub.track for pub in participant.track_publications.values()
-                          if pub.track is not None and pub.kind == rtc.TrackKind.KIND_AUDIO),
-                         None)
-        if track is None:
-            await asyncio.sleep(0.1)
-    assert track is not None, f"no audio track from {from_identity}"
+                          if pub.track is not None and pub.kind == kind), None)
+            if track is not None:
+                return track
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {kind} track from {from_identity}")
+
+
+async def heard_frequency(lk: rtc.Room, from_identity: str, seconds: float = 15) -> float:
+    """Waits for the audio track of ``from_identity`` and returns the dominant frequency of
+    one second of what arrives (after the first half second, when the decoder has settled)."""
+    freq, rms = await heard(lk, from_identity, seconds)
+    assert rms > 500, "what arrived is silence"
+    return freq
+
+
+async def heard(lk: rtc.Room, from_identity: str, seconds: float = 15) -> tuple[float, float]:
+    """(dominant frequency, RMS) of one second of ``from_identity``'s audio."""
+    deadline = time.monotonic() + seconds
+    track = await remote_track(lk, from_identity, rtc.TrackKind.KIND_AUDIO, seconds)
     stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
     collected: list[np.ndarray] = []
     skipped = 0
@@ -120,8 +140,7 @@ async def heard_frequency(lk: rtc.Room, from_identity: str, seconds: float = 15)
     await asyncio.wait_for(read(), timeout=max(1.0, deadline - time.monotonic()))
     await stream.aclose()
     pcm = np.concatenate(collected)
-    assert np.sqrt(np.mean(pcm ** 2)) > 500, "what arrived is silence"
-    return dominant_frequency(pcm)
+    return dominant_frequency(pcm), float(np.sqrt(np.mean(pcm ** 2)))
 
 
 async def validate(hs: Homeserver, token: str) -> tuple[int, str]:
@@ -174,3 +193,129 @@ async def test_two_participants_hear_each_other(sparks):
             task.cancel()
         await alice.disconnect()
         await bob.disconnect()
+
+
+async def publish_colour(lk: rtc.Room, rgb: tuple[int, int, int]) -> asyncio.Task:
+    width, height = 320, 240
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track("camera", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    await lk.local_participant.publish_track(track, options)
+    pixel = bytes([*rgb, 255])
+
+    async def feed():
+        frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixel * (width * height))
+        while True:
+            source.capture_frame(frame)
+            await asyncio.sleep(1 / 15)
+    return asyncio.create_task(feed())
+
+
+async def seen_colour(lk: rtc.Room, from_identity: str, seconds: float = 20) -> np.ndarray:
+    """The mean RGB of a frame of ``from_identity``'s video, after the first few."""
+    track = await remote_track(lk, from_identity, rtc.TrackKind.KIND_VIDEO, seconds)
+    stream = rtc.VideoStream(track)
+    frames = 0
+
+    async def read():
+        nonlocal frames
+        async for event in stream:
+            frames += 1
+            if frames < 5:
+                continue
+            rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
+            pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(-1, 4)
+            return pixels[:, :3].mean(axis=0)
+    try:
+        return await asyncio.wait_for(read(), timeout=seconds)
+    finally:
+        await stream.aclose()
+
+
+async def test_video_data_mute_and_a_late_joiner(sparks):
+    room = rand_localpart("room")
+    alice = await connect(sparks, "alice", room)
+    bob = await connect(sparks, "bob", room)
+    feeders = []
+    rooms = [alice, bob]
+    try:
+        feeders.append(await publish_colour(alice, (220, 30, 30)))
+        feeders.append(await publish_tone(alice, 440))
+        colour = await seen_colour(bob, "alice")
+        assert colour[0] > 150 and colour[1] < 90 and colour[2] < 90, colour
+
+        # Carol comes later and gets what is already published.
+        carol = await connect(sparks, "carol", room)
+        rooms.append(carol)
+        colour = await seen_colour(carol, "alice")
+        assert colour[0] > 150 and colour[1] < 90, colour
+        assert abs(await heard_frequency(carol, "alice") - 440) < 20
+
+        # Data goes to whom it is addressed to, with the sender's identity.
+        got: dict[str, list] = {"bob": [], "carol": []}
+        bob.on("data_received", lambda p: got["bob"].append(p))
+        carol.on("data_received", lambda p: got["carol"].append(p))
+        await alice.local_participant.publish_data(b"for bob only", reliable=True,
+                                                   destination_identities=["bob"], topic="t")
+        await alice.local_participant.publish_data(b"for everyone", reliable=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(got["bob"]) < 2 or len(got["carol"]) < 1):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert sorted(p.data for p in got["bob"]) == [b"for bob only", b"for everyone"]
+        assert [p.data for p in got["carol"]] == [b"for everyone"]
+        assert all(p.participant.identity == "alice" for p in got["bob"] + got["carol"])
+
+        # Mute is seen by the others.
+        muted = asyncio.Event()
+        bob.on("track_muted", lambda participant, publication:
+               participant.identity == "alice" and muted.set())
+        audio = next(p for p in alice.local_participant.track_publications.values()
+                     if p.kind == rtc.TrackKind.KIND_AUDIO)
+        audio.track.mute()
+        await asyncio.wait_for(muted.wait(), timeout=10)
+    finally:
+        for task in feeders:
+            task.cancel()
+        for lk in rooms:
+            await lk.disconnect()
+
+
+async def test_without_publish_permission_nothing_is_published(sparks):
+    room = rand_localpart("room")
+    viewer = await connect(sparks, "viewer", room, canPublish=False)
+    bob = await connect(sparks, "bob", room)
+    try:
+        assert not viewer.local_participant.permissions.can_publish
+        source = rtc.AudioSource(SAMPLE_RATE, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(viewer.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), 10)
+        await asyncio.sleep(1)
+        watched = next(p for p in bob.remote_participants.values() if p.identity == "viewer")
+        assert not watched.track_publications
+    finally:
+        await viewer.disconnect()
+        await bob.disconnect()
+
+
+async def test_encrypted_media_passes_untouched(sparks):
+    # Frames encrypted by the publisher (LiveKit's frame E2EE, shared key) are forwarded as
+    # they are: the receiver with the key hears the tone, the one without does not.
+    room = rand_localpart("room")
+    key = b"a shared meeting key"
+    alice = await connect(sparks, "alice", room, key=key)
+    bob = await connect(sparks, "bob", room, key=key)
+    eve = await connect(sparks, "eve", room)
+    feeders = []
+    try:
+        feeders.append(await publish_tone(alice, 440))
+        assert abs(await heard_frequency(bob, "alice") - 440) < 20
+        freq, rms = await heard(eve, "alice")
+        assert abs(freq - 440) >= 20 or rms < 500, (freq, rms)
+    finally:
+        for task in feeders:
+            task.cancel()
+        for lk in (alice, bob, eve):
+            await lk.disconnect()
