@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use livekit_protocol::{ParticipantInfo, SignalRequest};
+use livekit_protocol::SignalRequest;
 use prost::Message as _;
 use tokio::{
     net::UdpSocket,
@@ -20,8 +20,6 @@ use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig};
 /// Longest we sleep without looking at the clock (str0m timers are usually sooner).
 const MAX_IDLE: Duration = Duration::from_millis(500);
 
-type Predicate = Box<dyn Fn(&ParticipantInfo) -> bool + Send>;
-
 enum Command {
     Join {
         params: JoinParams,
@@ -29,10 +27,9 @@ enum Command {
     },
     Signal(ConnId, SignalRequest),
     Closed(ConnId),
-    Remove {
-        room: String,
-        matches: Predicate,
-        reply: oneshot::Sender<usize>,
+    RemoveMatrixMember {
+        room_id: String,
+        user_id: String,
     },
 }
 
@@ -77,22 +74,13 @@ impl SfuHandle {
         let _ = self.commands.send(Command::Closed(conn));
     }
 
-    /// Removes the participants of `room` that `matches` selects; returns how many.
-    pub async fn remove_where(
-        &self,
-        room: String,
-        matches: impl Fn(&ParticipantInfo) -> bool + Send + 'static,
-    ) -> usize {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Remove {
-            room,
-            matches: Box::new(matches),
-            reply,
-        };
-        if self.commands.send(command).is_err() {
-            return 0;
-        }
-        answer.await.unwrap_or(0)
+    /// Removes, at once, every participant whose token was issued to `user_id` for the Matrix
+    /// room `room_id`.
+    pub fn remove_matrix_member(&self, room_id: &str, user_id: &str) {
+        let _ = self.commands.send(Command::RemoveMatrixMember {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+        });
     }
 }
 
@@ -189,14 +177,17 @@ fn handle(
             sessions.remove(&conn);
             guarded(|| sfu.handle_ws_closed(now, conn));
         }
-        Command::Remove {
-            room,
-            matches,
-            reply,
-        } => {
-            let removed = sfu.remove_where(now, &room, matches);
-            let _ = reply.send(removed);
-        }
+        Command::RemoveMatrixMember { room_id, user_id } => guarded(|| {
+            let removed = sfu.remove_matrix_member(now, &room_id, &user_id);
+            if removed > 0 {
+                tracing::info!(
+                    room_id,
+                    user_id,
+                    removed,
+                    "removed from the call: left the room"
+                );
+            }
+        }),
     }
 }
 

@@ -102,6 +102,8 @@ struct DownTrack {
 struct Participant {
     room: String,
     info: ParticipantInfo,
+    /// The Matrix user and room the token was issued for, if the homeserver issued it.
+    matrix: Option<crate::token::MatrixClaim>,
     publisher: Pc,
     subscriber: Pc,
     /// `AddTrack`s whose media has not appeared in the publisher connection yet.
@@ -250,6 +252,7 @@ impl Sfu {
         let mut participant = Participant {
             room: room_name.clone(),
             info,
+            matrix: claims.sparks.clone(),
             publisher: Pc::new(now, &self.config.cert, &self.config.candidates),
             subscriber: Pc::new(now, &self.config.cert, &self.config.candidates),
             pending: Vec::new(),
@@ -331,21 +334,18 @@ impl Sfu {
         }
     }
 
-    /// Removes every participant of `room` whose identity `matches` (e.g. a Matrix user who
-    /// left the Matrix room), telling them why.
-    pub fn remove_where(
-        &mut self,
-        now: Instant,
-        room: &str,
-        matches: impl Fn(&ParticipantInfo) -> bool,
-    ) -> usize {
+    /// Removes every participant whose token was issued to `user_id` for the Matrix room
+    /// `room_id` (they left it, or were kicked or banned). Returns how many.
+    pub fn remove_matrix_member(&mut self, now: Instant, room_id: &str, user_id: &str) -> usize {
         let conns: Vec<ConnId> = self
-            .rooms
-            .get(room)
-            .map(|r| r.members.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| self.participants.get(c).is_some_and(|p| matches(&p.info)))
+            .participants
+            .iter()
+            .filter(|(_, p)| {
+                p.matrix
+                    .as_ref()
+                    .is_some_and(|m| m.room_id == room_id && m.user_id == user_id)
+            })
+            .map(|(c, _)| *c)
             .collect();
         for conn in &conns {
             self.remove(now, *conn, proto::DisconnectReason::ParticipantRemoved);

@@ -40,6 +40,7 @@ pub fn build(server: Arc<Server>) -> Router {
     r = route_json(r, s, discovery::versions);
     r = route_json(r, s, discovery::capabilities);
     r = route_json(r, s, discovery::login_types);
+    r = route_json(r, s, discovery::rtc_transports);
 
     // Accounts and sessions
     r = route(r, s, account::register);
@@ -223,6 +224,7 @@ pub fn build(server: Arc<Server>) -> Router {
 
     // The built-in SFU's LiveKit signalling.
     r = super::rtc::routes(r);
+    r = super::rtc::jwt::routes(r);
 
     r = r
         .route("/health", get(|| async { "OK" }))

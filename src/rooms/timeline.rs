@@ -437,6 +437,12 @@ pub fn persist(
     if pdu.kind == TimelineEventType::RoomMember {
         rooms.members_changed(&room_id);
         server.federation.sender.members_changed(&room_id);
+        // Whoever is no longer joined leaves any call in the room at once.
+        if let (Some(membership), Some(target)) = (pdu.membership(), pdu.state_user())
+            && membership != "join"
+        {
+            server.rtc.member_left(&room_id, target);
+        }
     }
     // Other servers in the room get our users' events (queued durably; sent in background).
     if let Err(error) = crate::federation::sender::queue_local_event(server, &pdu, count) {

@@ -10,6 +10,8 @@ use sparks_sfu::driver::SfuHandle;
 
 use crate::server::Server;
 
+pub mod tokens;
+
 pub struct Rtc {
     /// The running SFU (unset when `[rtc] enabled = false` or its port could not be bound).
     handle: OnceLock<SfuHandle>,
@@ -32,6 +34,13 @@ impl Rtc {
 
     pub fn handle(&self) -> Option<&SfuHandle> {
         self.handle.get()
+    }
+
+    /// A Matrix user is no longer joined to a room: their call participants go at once.
+    pub fn member_left(&self, room_id: &ruma::RoomId, user_id: &ruma::UserId) {
+        if let Some(handle) = self.handle.get() {
+            handle.remove_matrix_member(room_id.as_str(), user_id.as_str());
+        }
     }
 
     /// The secret for an API key, if it is ours.

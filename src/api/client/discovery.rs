@@ -17,9 +17,10 @@ pub const SPEC_VERSIONS: &[&str] = &[
 ];
 
 pub async fn versions(
-    _server: Arc<Server>,
+    server: Arc<Server>,
     _request: Ruma<get_supported_versions::Request>,
 ) -> Result<Value> {
+    let meetings = server.rtc.handle().is_some();
     Ok(json!({
         "versions": SPEC_VERSIONS,
         "unstable_features": {
@@ -29,12 +30,40 @@ pub async fn versions(
             "org.matrix.msc3827": true,
             "org.matrix.msc3827.stable": true,
             "fi.mau.msc2815": false,
+            // MatrixRTC transports (the built-in SFU), when meetings are on.
+            "org.matrix.msc4143": meetings,
         },
     }))
 }
 
 pub fn well_known_client(server: &Server) -> Value {
-    json!({ "m.homeserver": { "base_url": server.config.client_base_url() } })
+    let mut found = json!({ "m.homeserver": { "base_url": server.config.client_base_url() } });
+    // Older MatrixRTC clients find the SFU here (newer ones ask `rtc/transports`).
+    if server.rtc.handle().is_some() {
+        found["org.matrix.msc4143.rtc_foci"] = json!([livekit_transport(server)]);
+    }
+    found
+}
+
+/// The built-in SFU as a MatrixRTC transport.
+fn livekit_transport(server: &Server) -> Value {
+    json!({
+        "type": "livekit",
+        "livekit_service_url": crate::rtc::tokens::service_url(server),
+    })
+}
+
+/// `GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports` (MSC4143): the RTC
+/// transports this homeserver offers, the built-in SFU.
+pub async fn rtc_transports(
+    server: Arc<Server>,
+    _request: Ruma<ruma::api::client::rtc::transports::v1::Request>,
+) -> Result<Value> {
+    let transports = match server.rtc.handle() {
+        Some(_) => vec![livekit_transport(&server)],
+        None => Vec::new(),
+    };
+    Ok(json!({ "rtc_transports": transports }))
 }
 
 pub fn well_known_server(server: &Server) -> Value {

@@ -27,6 +27,8 @@ use sparks_sfu::{JoinParams, driver::SfuHandle, token};
 
 use crate::server::Server;
 
+pub mod jwt;
+
 pub fn routes(r: Router<Arc<Server>>) -> Router<Arc<Server>> {
     r.route("/livekit/sfu/rtc", get(rtc))
         .route("/livekit/sfu/rtc/validate", get(validate))

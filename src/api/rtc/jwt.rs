@@ -1,0 +1,133 @@
+//! lk-jwt-service's API, served by the homeserver under `/livekit/jwt` (the
+//! `livekit_service_url` clients discover): Element Call asks here for a token for the SFU.
+//!
+//! - `POST /sfu/get` (legacy): `{room, openid_token, device_id}`; identity
+//!   `"<user>:<device>"`, LiveKit room = hash of `[room, "m.call#ROOM"]`.
+//! - `POST /get_token`: `{room_id, slot_id, openid_token, member: {id, claimed_user_id,
+//!   claimed_device_id}}`; identity = hash of `[user, device, member id]`, LiveKit room = hash
+//!   of `[room_id, slot_id]`.
+//!
+//! Both answer `{url, jwt}`. Unlike lk-jwt-service, the user must be joined to the Matrix
+//! room (else `403 M_FORBIDDEN`); errors are Matrix-style `{errcode, error}`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use ruma::OwnedRoomId;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    error::{Error, Result},
+    rtc::tokens,
+    server::Server,
+};
+
+pub fn routes(r: Router<Arc<Server>>) -> Router<Arc<Server>> {
+    r.route("/livekit/jwt/sfu/get", post(sfu_get))
+        .route("/livekit/jwt/get_token", post(get_token))
+        .route("/livekit/jwt/healthz", get(|| async { "OK" }))
+}
+
+#[derive(Deserialize)]
+struct OpenIdToken {
+    access_token: String,
+    matrix_server_name: String,
+}
+
+#[derive(Deserialize)]
+struct SfuGet {
+    room: OwnedRoomId,
+    openid_token: OpenIdToken,
+    device_id: String,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    id: String,
+    claimed_user_id: String,
+    claimed_device_id: String,
+}
+
+#[derive(Deserialize)]
+struct GetToken {
+    room_id: OwnedRoomId,
+    slot_id: String,
+    openid_token: OpenIdToken,
+    member: Member,
+}
+
+/// The body as `T`: `400 M_NOT_JSON` when it is not JSON, `400 M_BAD_JSON` when fields are
+/// missing or wrongly typed.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "Body is not JSON",
+        )
+    })?;
+    serde_json::from_value(value).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+fn answer(server: &Server, jwt: String) -> Response {
+    Json(json!({ "url": tokens::sfu_url(server), "jwt": jwt })).into_response()
+}
+
+fn enabled(server: &Server) -> Result<()> {
+    match server.rtc.handle() {
+        Some(_) => Ok(()),
+        None => Err(Error::not_found("Meetings are not enabled on this server")),
+    }
+}
+
+async fn sfu_get(State(server): State<Arc<Server>>, body: Bytes) -> Response {
+    let result = async {
+        enabled(&server)?;
+        let request: SfuGet = parse(&body)?;
+        let token = &request.openid_token;
+        let user =
+            tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
+        let identity = format!("{user}:{}", request.device_id);
+        let room = tokens::hashed(&[request.room.as_str(), "m.call#ROOM"]);
+        tokens::issue(&server, &user, &request.room, identity, room)
+    }
+    .await;
+    match result {
+        Ok(jwt) => answer(&server, jwt),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn get_token(State(server): State<Arc<Server>>, body: Bytes) -> Response {
+    let result = async {
+        enabled(&server)?;
+        let request: GetToken = parse(&body)?;
+        let token = &request.openid_token;
+        let user =
+            tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
+        if request.member.claimed_user_id != user.as_str() {
+            return Err(tokens::unauthorized(
+                "member.claimed_user_id is not the OpenID token's user",
+            ));
+        }
+        let identity = tokens::hashed(&[
+            user.as_str(),
+            &request.member.claimed_device_id,
+            &request.member.id,
+        ]);
+        let room = tokens::hashed(&[request.room_id.as_str(), &request.slot_id]);
+        tokens::issue(&server, &user, &request.room_id, identity, room)
+    }
+    .await;
+    match result {
+        Ok(jwt) => answer(&server, jwt),
+        Err(error) => error.into_response(),
+    }
+}
