@@ -115,6 +115,7 @@ async fn start_federation_listener(
 fn spawn_background(server: &Arc<Server>) {
     search::Search::start(server);
     tokio::spawn(push::Push::run_delivery(server.clone()));
+    tokio::spawn(rooms::delayed::DelayedEvents::run(server.clone()));
     if federation::enabled(server) {
         tokio::spawn(federation::sender::Sender::run(server.clone()));
     }

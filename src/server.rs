@@ -34,6 +34,8 @@ pub struct Server {
     pub sliding: crate::sync::sliding::Connections,
     pub search: crate::search::Search,
     pub federation: crate::federation::Federation,
+    /// Delayed events (MSC4140) and their timer.
+    pub delayed: crate::rooms::delayed::DelayedEvents,
     /// The built-in SFU for meetings.
     pub rtc: crate::rtc::Rtc,
     pub started_at: std::time::Instant,
@@ -70,6 +72,7 @@ impl Server {
             search,
             federation,
             rtc,
+            delayed: Default::default(),
             started_at: std::time::Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
         }))

@@ -97,8 +97,8 @@ pub fn build(server: Arc<Server>) -> Router {
     r = route_json(r, s, membership::members);
     r = route_json(r, s, state::all);
     r = route_json(r, s, state::one);
-    r = route(r, s, state::send);
-    r = route(r, s, message::send);
+    r = route_json(r, s, state::send);
+    r = route_json(r, s, message::send);
     r = route(r, s, message::redact);
     r = route_json(r, s, message::messages);
     r = route_json(r, s, message::context);
@@ -144,7 +144,7 @@ pub fn build(server: Arc<Server>) -> Router {
                     state::one(server, req).await.map(Json)
                 })
                 .put(|State(server): State<Arc<Server>>, req: super::ruma::Ruma<c::state::send_state_event::v3::Request>| async move {
-                    state::send(server, req).await.map(super::ruma::RumaResponse)
+                    state::send(server, req).await.map(Json)
                 }),
             );
         }
@@ -225,6 +225,8 @@ pub fn build(server: Arc<Server>) -> Router {
     // The built-in SFU's LiveKit signalling.
     r = super::rtc::routes(r);
     r = super::rtc::jwt::routes(r);
+    // Delayed events (MSC4140).
+    r = super::client::delayed::routes(r);
 
     r = r
         .route("/health", get(|| async { "OK" }))

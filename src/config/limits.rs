@@ -13,6 +13,8 @@ pub struct LimitsConfig {
     pub max_sync_timeout_ms: u64,
     /// Lifetime of an access token issued to a client that supports refresh tokens, in ms.
     pub refreshable_access_token_lifetime_ms: u64,
+    /// Longest delay a client may schedule an event with (MSC4140 delayed events), in ms.
+    pub max_event_delay_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -21,6 +23,7 @@ impl Default for LimitsConfig {
             max_request_body: 1024 * 1024,
             max_sync_timeout_ms: 60_000,
             refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            max_event_delay_ms: 24 * 60 * 60 * 1000,
         }
     }
 }

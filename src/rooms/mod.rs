@@ -2,6 +2,7 @@
 
 pub mod alias;
 pub mod create;
+pub mod delayed;
 pub mod membership;
 pub mod pdu;
 pub mod power;

@@ -434,6 +434,12 @@ pub fn persist(
         server.search.remove_event(target);
     }
 
+    if let Some(state_key) = &pdu.state_key {
+        let kind = pdu.kind.to_string();
+        server
+            .delayed
+            .state_changed(server, &room_id, &kind, state_key, &pdu.sender);
+    }
     if pdu.kind == TimelineEventType::RoomMember {
         rooms.members_changed(&room_id);
         server.federation.sender.members_changed(&room_id);

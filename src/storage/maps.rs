@@ -117,6 +117,10 @@ catalog! {
     roomid_alias in "rooms" = 5;
     /// `room_id -> ()`: rooms published in the room directory.
     roomid_published in "rooms" = 6;
+    /// `delay_id -> json Delayed`: delayed events (MSC4140) waiting to be sent.
+    delayid_delayed in "rooms" = 7;
+    /// `delay_id -> json Finalised`: delayed events sent or cancelled (kept a week).
+    delayid_finalised in "rooms" = 8;
 
     /// `room_id, user_id -> json Membership {membership, count, event_id}`
     roomuserid_membership in "membership" = 1;

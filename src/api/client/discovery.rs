@@ -32,6 +32,8 @@ pub async fn versions(
             "fi.mau.msc2815": false,
             // MatrixRTC transports (the built-in SFU), when meetings are on.
             "org.matrix.msc4143": meetings,
+            // Delayed events (MatrixRTC clients schedule their leave with them).
+            "org.matrix.msc4140": true,
         },
     }))
 }

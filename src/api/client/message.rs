@@ -36,16 +36,29 @@ use crate::{
 pub async fn send(
     server: Arc<Server>,
     request: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response> {
+) -> Result<Value> {
     let user = request.owned_user()?;
     let device = request.owned_device()?;
     let body = &request.body;
     if let Some(event_id) = timeline::txn_event(&server, &user, &device, body.txn_id.as_str())? {
-        return Ok(send_message_event::v3::Response::new(event_id));
+        return Ok(json!({ "event_id": event_id }));
     }
     require_joined(&server, &body.room_id, &user)?;
     let content: Value = serde_json::from_str(body.body.json().get())
         .map_err(|_| Error::bad_json("Invalid JSON content"))?;
+    // `?org.matrix.msc4140.delay=<ms>`: scheduled, not sent now.
+    if let Some(delay) = super::delayed::requested_delay(&request.query)? {
+        let delay_id = server.delayed.schedule(
+            &server,
+            &user,
+            &body.room_id,
+            &body.event_type.to_string(),
+            None,
+            content,
+            delay,
+        )?;
+        return Ok(json!({ "delay_id": delay_id }));
+    }
     let event = NewEvent::message(
         TimelineEventType::from(body.event_type.to_string()),
         content,
@@ -57,7 +70,7 @@ pub async fn send(
     let _lock = server.rooms.lock(&body.room_id).await;
     // Checked again under the room lock: two requests with one txn id must give one event.
     if let Some(event_id) = timeline::txn_event(&server, &user, &txn.device_id, &txn.txn_id)? {
-        return Ok(send_message_event::v3::Response::new(event_id));
+        return Ok(json!({ "event_id": event_id }));
     }
     crate::rooms::relations::check_new(
         &server,
@@ -66,7 +79,7 @@ pub async fn send(
         &event.content,
     )?;
     let pdu = timeline::send_locked(&server, &body.room_id, &user, event, Some(txn))?;
-    Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
+    Ok(json!({ "event_id": pdu.event_id }))
 }
 
 pub async fn redact(

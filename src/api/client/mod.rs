@@ -4,6 +4,7 @@ pub mod account;
 pub mod account_data;
 pub mod alias;
 pub mod backup;
+pub mod delayed;
 pub mod device;
 pub mod directory;
 pub mod discovery;

@@ -68,7 +68,7 @@ pub async fn one(
 pub async fn send(
     server: Arc<Server>,
     request: Ruma<send_state_event::v3::Request>,
-) -> Result<send_state_event::v3::Response> {
+) -> Result<Value> {
     let user = request.owned_user()?;
     let body = &request.body;
     let content: Value = serde_json::from_str(body.body.json().get())
@@ -80,6 +80,19 @@ pub async fn send(
     if body.event_type == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&server, &body.room_id, &content)?;
     }
+    // `?org.matrix.msc4140.delay=<ms>`: scheduled, not sent now.
+    if let Some(delay) = super::delayed::requested_delay(&request.query)? {
+        let delay_id = server.delayed.schedule(
+            &server,
+            &user,
+            &body.room_id,
+            &body.event_type.to_string(),
+            Some(body.state_key.clone()),
+            content,
+            delay,
+        )?;
+        return Ok(json!({ "delay_id": delay_id }));
+    }
     // Re-sending the current content is a no-op that returns the existing event (as Synapse).
     if let Some(current) = server.rooms.current_state_event(
         &server.maps,
@@ -89,9 +102,7 @@ pub async fn send(
     )? && current.sender == user
         && current.content_value() == content
     {
-        return Ok(send_state_event::v3::Response::new(
-            current.event_id.clone(),
-        ));
+        return Ok(json!({ "event_id": current.event_id }));
     }
     let mut event = NewEvent::state(
         TimelineEventType::from(body.event_type.to_string()),
@@ -100,7 +111,7 @@ pub async fn send(
     );
     event.timestamp = None;
     let pdu = timeline::send(&server, &body.room_id, &user, event, None).await?;
-    Ok(send_state_event::v3::Response::new(pdu.event_id.clone()))
+    Ok(json!({ "event_id": pdu.event_id }))
 }
 
 fn require_joined_or_member_change(
