@@ -16,6 +16,7 @@ pub mod driver;
 mod ids;
 mod peer;
 mod sfu;
+mod speaker;
 mod signal;
 pub mod token;
 

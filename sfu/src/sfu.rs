@@ -66,11 +66,15 @@ struct Room {
     sid: String,
     created_ms: i64,
     members: Vec<ConnId>,
+    /// Participant sids last announced as speaking.
+    speakers: Vec<String>,
 }
 
 /// A published track.
 struct UpTrack {
     info: TrackInfo,
+    /// Audio levels since the last speaker update.
+    meter: crate::speaker::LevelMeter,
     mid: Option<Mid>,
     kind: MediaKind,
     last_pli: Option<Instant>,
@@ -143,6 +147,8 @@ pub struct Sfu {
     by_source: HashMap<SocketAddr, (ConnId, Side)>,
     next_conn: ConnId,
     out: VecDeque<Output>,
+    /// When speakers are next worked out.
+    speaker_tick: Option<Instant>,
 }
 
 impl Sfu {
@@ -154,6 +160,7 @@ impl Sfu {
             by_source: HashMap::new(),
             next_conn: 1,
             out: VecDeque::new(),
+            speaker_tick: None,
         }
     }
 
@@ -166,6 +173,7 @@ impl Sfu {
         self.participants
             .values()
             .flat_map(|p| [p.publisher.next_timeout, p.subscriber.next_timeout])
+            .chain(self.speaker_tick)
             .min()
     }
 
@@ -184,6 +192,7 @@ impl Sfu {
             sid: ids::new("RM_"),
             created_ms: now_ms,
             members: Vec::new(),
+            speakers: Vec::new(),
         });
         // A second connection with the same identity replaces the first.
         let duplicate = room.members.iter().copied().find(|c| {
@@ -698,6 +707,16 @@ impl Sfu {
 
     /// Time passed: run every connection whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        match self.speaker_tick {
+            Some(at) if at <= now => {
+                self.update_speakers();
+                self.speaker_tick = Some(now + crate::speaker::INTERVAL);
+            }
+            None if !self.participants.is_empty() => {
+                self.speaker_tick = Some(now + crate::speaker::INTERVAL);
+            }
+            _ => {}
+        }
         let due: Vec<(ConnId, Side)> = self
             .participants
             .iter()
@@ -814,6 +833,7 @@ impl Sfu {
         let sid = info.sid.clone();
         participant.tracks.push(UpTrack {
             info,
+            meter: Default::default(),
             mid: Some(mid),
             kind,
             last_pli: None,
@@ -865,9 +885,12 @@ impl Sfu {
         else {
             return;
         };
-        let Some(track) = participant.tracks.iter().find(|t| t.mid == Some(mid)) else {
+        let Some(track) = participant.tracks.iter_mut().find(|t| t.mid == Some(mid)) else {
             return;
         };
+        if let Some(level) = packet.header.ext_vals.audio_level {
+            track.meter.add(level);
+        }
         let track_sid = track.info.sid.clone();
         let kind = track.kind;
         let Some(params) = participant
@@ -943,6 +966,66 @@ impl Sfu {
             .nackable(kind == MediaKind::Video),
         );
         self.drive(now, member, Side::Subscriber);
+    }
+
+    /// Works out who spoke over the last interval in each room and tells the room when that
+    /// changed (the loudest first; those who stopped, as inactive).
+    fn update_speakers(&mut self) {
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let mut speaking: Vec<(String, f32)> = Vec::new();
+            for member in self.members(&room) {
+                let Some(p) = self.participants.get_mut(&member) else {
+                    continue;
+                };
+                let loudest = p
+                    .tracks
+                    .iter_mut()
+                    .filter_map(|t| t.meter.take())
+                    .fold(None, |best: Option<f32>, l| Some(best.map_or(l, |b| b.max(l))));
+                if let Some(level) = loudest {
+                    speaking.push((p.info.sid.clone(), level));
+                }
+            }
+            speaking.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let sids: Vec<String> = speaking.iter().map(|(s, _)| s.clone()).collect();
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            if state.speakers == sids {
+                continue;
+            }
+            let stopped: Vec<String> = state
+                .speakers
+                .iter()
+                .filter(|s| !sids.contains(s))
+                .cloned()
+                .collect();
+            state.speakers = sids;
+            let mut speakers: Vec<proto::SpeakerInfo> = speaking
+                .into_iter()
+                .map(|(sid, level)| proto::SpeakerInfo {
+                    sid,
+                    level,
+                    active: true,
+                })
+                .collect();
+            speakers.extend(stopped.into_iter().map(|sid| proto::SpeakerInfo {
+                sid,
+                level: 0.0,
+                active: false,
+            }));
+            for member in self.members(&room) {
+                self.out.push_back(Output::Signal(
+                    member,
+                    Box::new(signal::response(
+                        signal_response::Message::SpeakersChanged(proto::SpeakersChanged {
+                            speakers: speakers.clone(),
+                        }),
+                    )),
+                ));
+            }
+        }
     }
 
     /// Asks a publisher for a keyframe of a track (throttled).

@@ -319,3 +319,29 @@ async def test_encrypted_media_passes_untouched(sparks):
             task.cancel()
         for lk in (alice, bob, eve):
             await lk.disconnect()
+
+
+async def test_the_active_speaker_is_announced(sparks):
+    # From the audio level each packet carries (in the clear even with E2EE).
+    room = rand_localpart("room")
+    alice = await connect(sparks, "alice", room)
+    bob = await connect(sparks, "bob", room)
+    updates: list[list[str]] = []
+    bob.on("active_speakers_changed",
+           lambda speakers: updates.append([p.identity for p in speakers]))
+    feeder = await publish_tone(alice, 440)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("alice" in u for u in updates):
+            await asyncio.sleep(0.1)
+        assert any("alice" in u for u in updates), updates
+        # Silence: she is no longer the active speaker.
+        feeder.cancel()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not updates or "alice" in updates[-1]):
+            await asyncio.sleep(0.1)
+        assert updates and "alice" not in updates[-1], updates
+    finally:
+        feeder.cancel()
+        await alice.disconnect()
+        await bob.disconnect()
