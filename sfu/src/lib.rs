@@ -13,11 +13,12 @@
 //! frames stay opaque), only sequence numbers are rewritten per receiver.
 
 pub mod driver;
+mod forward;
 mod ids;
 mod peer;
 mod sfu;
-mod speaker;
 mod signal;
+mod speaker;
 pub mod token;
 
 pub use sfu::{ConnId, JoinParams, Output, Sfu, SfuConfig};

@@ -17,12 +17,14 @@ use str0m::{
     change::{SdpAnswer, SdpOffer},
     channel::{ChannelConfig, ChannelId, Reliability},
     config::DtlsCert,
+    format::Codec,
     format::PayloadParams,
-    media::{Direction, KeyframeRequestKind, MediaKind, Mid},
+    media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid},
     rtp::{RtpPacket, RtpWrite, SeqNo},
 };
 
 use crate::{
+    forward::{Forwarding, Verdict},
     ids,
     peer::{Pc, Side},
     signal,
@@ -34,9 +36,6 @@ pub type ConnId = u64;
 
 /// Keyframe requests to a publisher, at most one per track in this time.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
-/// The first outgoing sequence number of a forwarded stream (low, so the SRTP rollover
-/// counter starts at 0 for the receiver).
-const FIRST_SEQ: u64 = 1000;
 
 pub struct SfuConfig {
     /// Where the UDP socket is reachable (host candidates).
@@ -49,6 +48,55 @@ pub struct SfuConfig {
 pub struct JoinParams {
     pub claims: Claims,
     pub auto_subscribe: bool,
+}
+
+/// `audio/opus`, `video/VP8` ...: the codec negotiated for a publisher's media.
+fn mime_type(rtc: &str0m::Rtc, mid: Mid, kind: MediaKind) -> String {
+    let codec = rtc
+        .media(mid)
+        .and_then(|m| m.remote_pts().first().copied())
+        .and_then(|pt| rtc.codec_config().params().iter().find(|p| p.pt() == pt))
+        .map(|p| p.spec().codec);
+    let (prefix, default) = match kind {
+        MediaKind::Audio => ("audio", "opus"),
+        MediaKind::Video => ("video", "VP8"),
+    };
+    let name = match codec {
+        Some(Codec::Opus) => "opus",
+        Some(Codec::Vp8) => "VP8",
+        Some(Codec::Vp9) => "VP9",
+        Some(Codec::H264) => "H264",
+        Some(Codec::Av1) => "AV1",
+        _ => default,
+    };
+    format!("{prefix}/{name}")
+}
+
+/// Whether an RTP payload starts a keyframe, judged only from bytes LiveKit's E2EE leaves in
+/// the clear (payload descriptor and codec header), never from encrypted frame data.
+fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Vp8 => str0m::format::detect_vp8_keyframe(payload),
+        Codec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
+        // IDR, or SPS (which precedes it).
+        Codec::H264 => {
+            str0m::format::detect_h264_keyframe(payload)
+                || str0m::format::detect_h264_nalu(payload, 7)
+        }
+        _ => false,
+    }
+}
+
+/// A publisher's packet on its way to the receivers of its track.
+struct Incoming<'a> {
+    publisher: ConnId,
+    track_sid: &'a str,
+    kind: MediaKind,
+    /// Its simulcast layer.
+    rid: Option<Rid>,
+    keyframe: bool,
+    params: &'a PayloadParams,
+    packet: &'a RtpPacket,
 }
 
 /// Work for the driver.
@@ -77,7 +125,50 @@ struct UpTrack {
     meter: crate::speaker::LevelMeter,
     mid: Option<Mid>,
     kind: MediaKind,
-    last_pli: Option<Instant>,
+    /// Simulcast layers, lowest quality first (empty: no simulcast).
+    rids: Vec<Rid>,
+    /// When a keyframe was last asked for, per layer.
+    last_pli: HashMap<Option<Rid>, Instant>,
+}
+
+impl UpTrack {
+    /// The layer for a requested quality (`VideoQuality`), or for a wanted size.
+    fn rid_for(&self, quality: i32, width: u32, height: u32) -> Option<Rid> {
+        if self.rids.is_empty() {
+            return None;
+        }
+        let quality = if width > 0 || height > 0 {
+            #[allow(deprecated)]
+            let layers = &self.info.layers;
+            let mut fitting: Vec<_> = layers
+                .iter()
+                .filter(|l| l.width >= width || l.height >= height)
+                .collect();
+            fitting.sort_by_key(|l| l.width);
+            fitting
+                .first()
+                .map_or(proto::VideoQuality::High as i32, |l| l.quality)
+        } else {
+            quality
+        };
+        let name = match quality {
+            q if q == proto::VideoQuality::Low as i32 => "q",
+            q if q == proto::VideoQuality::Medium as i32 => "h",
+            _ => "f",
+        };
+        let by_name = self
+            .rids
+            .iter()
+            .find(|r| r.as_ref() as &str == name)
+            .copied();
+        let index = (quality.max(0) as usize).min(self.rids.len() - 1);
+        by_name.or_else(|| self.rids.get(index).copied())
+    }
+
+    /// The best layer (what a receiver gets unless it asks for less).
+    fn top_rid(&self) -> Option<Rid> {
+        self.rid_for(proto::VideoQuality::High as i32, 0, 0)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -99,8 +190,8 @@ struct DownTrack {
     track_sid: String,
     kind: MediaKind,
     state: DownState,
-    /// Added to the publisher's (extended) sequence numbers for this receiver.
-    seq_offset: Option<i64>,
+    /// Layer choice and sequence/timestamp rewriting for this receiver.
+    forwarding: Forwarding,
 }
 
 struct Participant {
@@ -300,7 +391,7 @@ impl Sfu {
                         track_sid: t.info.sid.clone(),
                         kind: t.kind,
                         state: DownState::ToOpen,
-                        seq_offset: None,
+                        forwarding: Forwarding::new(t.top_rid()),
                     })
             })
             .collect()
@@ -315,12 +406,14 @@ impl Sfu {
             return;
         }
         use signal_request::Message as M;
+        tracing::trace!(conn, ?message, "signal");
         match message {
             M::Offer(offer) => self.publisher_offer(now, conn, &offer),
             M::Answer(answer) => self.subscriber_answer(now, conn, &answer),
             M::Trickle(trickle) => self.trickle(conn, &trickle),
             M::AddTrack(add) => self.add_track(conn, add),
             M::Mute(mute) => self.mute(conn, &mute),
+            M::TrackSetting(settings) => self.track_settings(now, conn, &settings),
             M::Leave(_) => self.remove(now, conn, proto::DisconnectReason::ClientInitiated),
             M::Ping(ts) => self.signal(conn, signal_response::Message::Pong(ts)),
             M::PingReq(ping) => self.signal(
@@ -454,6 +547,12 @@ impl Sfu {
             Ok(answer) => {
                 participant.publisher.remote_known();
                 let sdp = answer.to_sdp_string();
+                tracing::trace!(
+                    conn,
+                    offer = offer.sdp,
+                    answer = sdp,
+                    "publisher negotiation"
+                );
                 self.out.push_back(Output::Signal(
                     conn,
                     Box::new(signal::answer(sdp, offer.id)),
@@ -501,13 +600,18 @@ impl Sfu {
         for down in &mut participant.downs {
             if let DownState::Negotiating(mid) = down.state {
                 down.state = DownState::Open(mid);
-                opened.push((down.publisher, down.track_sid.clone(), down.kind));
+                opened.push((
+                    down.publisher,
+                    down.track_sid.clone(),
+                    down.kind,
+                    down.forwarding.target,
+                ));
             }
         }
         // A new video subscriber needs a keyframe to start from.
-        for (publisher, track_sid, kind) in opened {
+        for (publisher, track_sid, kind, rid) in opened {
             if kind == MediaKind::Video {
-                self.request_keyframe(now, publisher, &track_sid);
+                self.request_keyframe(now, publisher, &track_sid, rid);
             }
         }
         self.drive(now, conn, Side::Subscriber);
@@ -759,7 +863,14 @@ impl Sfu {
     fn on_event(&mut self, now: Instant, conn: ConnId, side: Side, event: Event) {
         match (side, event) {
             (Side::Publisher, Event::MediaAdded(added)) => {
-                self.media_added(now, conn, added.mid, added.kind)
+                // The layers the client sends (its offer's `a=simulcast:send`).
+                let rids: Vec<Rid> = added
+                    .simulcast
+                    .iter()
+                    .flat_map(|s| s.send.iter().chain(s.recv.iter()))
+                    .map(|l| l.rid)
+                    .collect();
+                self.media_added(now, conn, added.mid, added.kind, rids)
             }
             (Side::Publisher, Event::RtpPacket(packet)) => self.forward(now, conn, packet),
             (Side::Subscriber, Event::KeyframeRequest(request)) => {
@@ -767,10 +878,13 @@ impl Sfu {
                     p.downs
                         .iter()
                         .find(|d| d.state == DownState::Open(request.mid))
-                        .map(|d| (d.publisher, d.track_sid.clone()))
+                        .map(|d| {
+                            let layer = d.forwarding.current().flatten().or(d.forwarding.target);
+                            (d.publisher, d.track_sid.clone(), layer)
+                        })
                 });
-                if let Some((publisher, track_sid)) = publisher {
-                    self.request_keyframe(now, publisher, &track_sid);
+                if let Some((publisher, track_sid, rid)) = publisher {
+                    self.request_keyframe(now, publisher, &track_sid, rid);
                 }
             }
             (Side::Subscriber, Event::ChannelOpen(id, label)) => {
@@ -795,7 +909,14 @@ impl Sfu {
 
     /// A track's media appeared in the publisher connection: bind it to its `AddTrack` and
     /// offer it to everyone else in the room.
-    fn media_added(&mut self, now: Instant, conn: ConnId, mid: Mid, kind: MediaKind) {
+    fn media_added(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mid: Mid,
+        kind: MediaKind,
+        mut rids: Vec<Rid>,
+    ) {
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
         };
@@ -826,18 +947,28 @@ impl Sfu {
         };
         let (_, mut info) = participant.pending.remove(index);
         info.mid = mid.to_string();
-        info.mime_type = match kind {
-            MediaKind::Audio => "audio/opus".to_owned(),
-            MediaKind::Video => "video/VP8".to_owned(),
-        };
+        // E2EE clients need the codec to know which bytes of a frame stay in the clear.
+        info.mime_type = mime_type(&participant.publisher.rtc, mid, kind);
+        rids.dedup();
+        // Lowest quality first, by LiveKit's names when the client uses them.
+        rids.sort_by_key(|r| match r.as_ref() as &str {
+            "q" => 0,
+            "h" => 1,
+            "f" => 2,
+            _ => 3,
+        });
         let sid = info.sid.clone();
-        participant.tracks.push(UpTrack {
+        let track = UpTrack {
             info,
             meter: Default::default(),
             mid: Some(mid),
             kind,
-            last_pli: None,
-        });
+            rids,
+            last_pli: HashMap::new(),
+        };
+        let top = track.top_rid();
+        tracing::debug!(conn, %mid, rids = ?track.rids, "track media bound");
+        participant.tracks.push(track);
         let room = participant.room.clone();
         let publisher_sid = participant.info.sid.clone();
         let public = participant.public_info();
@@ -864,24 +995,24 @@ impl Sfu {
                 track_sid: sid.clone(),
                 kind,
                 state: DownState::ToOpen,
-                seq_offset: None,
+                forwarding: Forwarding::new(top),
             });
             self.negotiate(now, member);
         }
     }
 
-    /// An RTP packet from a publisher: to every subscriber of its track, sequence numbers
-    /// rebased per receiver, payload untouched.
+    /// An RTP packet from a publisher: to every subscriber of its track, each getting its
+    /// layer with sequence numbers and timestamps of its own; payload untouched.
     fn forward(&mut self, now: Instant, conn: ConnId, packet: RtpPacket) {
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
         };
-        let Some(mid) = participant
+        let Some((mid, rid)) = participant
             .publisher
             .rtc
             .direct_api()
             .stream_rx(&packet.header.ssrc)
-            .map(|s| s.mid())
+            .map(|s| (s.mid(), s.rid()))
         else {
             return;
         };
@@ -904,51 +1035,68 @@ impl Sfu {
         else {
             return;
         };
+        let incoming = Incoming {
+            publisher: conn,
+            track_sid: &track_sid,
+            kind,
+            rid,
+            keyframe: kind == MediaKind::Video
+                && starts_keyframe(params.spec().codec, &packet.payload),
+            params: &params,
+            packet: &packet,
+        };
         let room = participant.room.clone();
         for member in self.members(&room) {
-            if member == conn {
-                continue;
+            if member != conn {
+                self.write_to(now, member, &incoming);
             }
-            self.write_to(now, member, conn, &track_sid, kind, &params, &packet);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn write_to(
-        &mut self,
-        now: Instant,
-        member: ConnId,
-        publisher: ConnId,
-        track_sid: &str,
-        kind: MediaKind,
-        params: &PayloadParams,
-        packet: &RtpPacket,
-    ) {
+    fn write_to(&mut self, now: Instant, member: ConnId, incoming: &Incoming<'_>) {
         let Some(subscriber) = self.participants.get_mut(&member) else {
             return;
         };
         let Some(down) = subscriber
             .downs
             .iter_mut()
-            .find(|d| d.publisher == publisher && d.track_sid == track_sid)
+            .find(|d| d.publisher == incoming.publisher && d.track_sid == incoming.track_sid)
         else {
             return;
         };
         let DownState::Open(mid) = down.state else {
             return;
         };
+        let packet = incoming.packet;
+        let clock = incoming.params.spec().clock_rate.get();
+        let verdict = down.forwarding.decide(
+            incoming.rid,
+            *packet.seq_no,
+            packet.header.timestamp,
+            packet.timestamp,
+            incoming.keyframe,
+            clock,
+        );
+        let Verdict::Forward { seq, ts, .. } = verdict else {
+            // Waiting to switch to this layer: keep asking for its keyframe (throttled).
+            if incoming.rid.is_some()
+                && down.forwarding.waiting()
+                && incoming.rid == down.forwarding.target
+            {
+                let (publisher, track_sid) = (incoming.publisher, incoming.track_sid.to_owned());
+                self.request_keyframe(now, publisher, &track_sid, incoming.rid);
+            }
+            return;
+        };
         let Some(pt) = subscriber
             .subscriber
             .rtc
             .codec_config()
-            .match_params(*params)
+            .match_params(*incoming.params)
             .map(|p| p.pt())
         else {
             return;
         };
-        let incoming = *packet.seq_no as i64;
-        let offset = *down.seq_offset.get_or_insert(FIRST_SEQ as i64 - incoming);
-        let seq = (incoming + offset).max(0) as u64;
         let mut api = subscriber.subscriber.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return;
@@ -957,15 +1105,71 @@ impl Sfu {
             RtpWrite::new(
                 pt,
                 SeqNo::from(seq),
-                packet.header.timestamp,
+                ts,
                 packet.timestamp,
                 packet.payload.clone(),
             )
             .marker(packet.header.marker)
             .ext_vals(packet.header.ext_vals.clone())
-            .nackable(kind == MediaKind::Video),
+            .nackable(incoming.kind == MediaKind::Video),
         );
         self.drive(now, member, Side::Subscriber);
+    }
+
+    /// A receiver's settings for a track it gets: paused, or which quality (or size).
+    fn track_settings(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        settings: &proto::UpdateTrackSettings,
+    ) {
+        let mut keyframes = Vec::new();
+        let Some(participant) = self.participants.get(&conn) else {
+            return;
+        };
+        let wanted: Vec<(ConnId, String, Option<Rid>)> = participant
+            .downs
+            .iter()
+            .filter(|d| settings.track_sids.contains(&d.track_sid))
+            .map(|d| {
+                let rid = self
+                    .participants
+                    .get(&d.publisher)
+                    .and_then(|p| p.tracks.iter().find(|t| t.info.sid == d.track_sid))
+                    .and_then(|t| t.rid_for(settings.quality, settings.width, settings.height));
+                (d.publisher, d.track_sid.clone(), rid)
+            })
+            .collect();
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        for (publisher, track_sid, rid) in wanted {
+            tracing::debug!(
+                conn,
+                track_sid,
+                ?rid,
+                disabled = settings.disabled,
+                "track settings"
+            );
+            let Some(down) = participant
+                .downs
+                .iter_mut()
+                .find(|d| d.publisher == publisher && d.track_sid == track_sid)
+            else {
+                continue;
+            };
+            down.forwarding.paused = settings.disabled;
+            if rid.is_some() {
+                down.forwarding.target = rid;
+            }
+            if !settings.disabled && down.forwarding.waiting() {
+                keyframes.push((publisher, track_sid, down.forwarding.target));
+            }
+        }
+        // The new layer starts at its next keyframe: ask for one now.
+        for (publisher, track_sid, rid) in keyframes {
+            self.request_keyframe(now, publisher, &track_sid, rid);
+        }
     }
 
     /// Works out who spoke over the last interval in each room and tells the room when that
@@ -982,7 +1186,9 @@ impl Sfu {
                     .tracks
                     .iter_mut()
                     .filter_map(|t| t.meter.take())
-                    .fold(None, |best: Option<f32>, l| Some(best.map_or(l, |b| b.max(l))));
+                    .fold(None, |best: Option<f32>, l| {
+                        Some(best.map_or(l, |b| b.max(l)))
+                    });
                 if let Some(level) = loudest {
                     speaking.push((p.info.sid.clone(), level));
                 }
@@ -1018,18 +1224,24 @@ impl Sfu {
             for member in self.members(&room) {
                 self.out.push_back(Output::Signal(
                     member,
-                    Box::new(signal::response(
-                        signal_response::Message::SpeakersChanged(proto::SpeakersChanged {
+                    Box::new(signal::response(signal_response::Message::SpeakersChanged(
+                        proto::SpeakersChanged {
                             speakers: speakers.clone(),
-                        }),
-                    )),
+                        },
+                    ))),
                 ));
             }
         }
     }
 
-    /// Asks a publisher for a keyframe of a track (throttled).
-    fn request_keyframe(&mut self, now: Instant, publisher: ConnId, track_sid: &str) {
+    /// Asks a publisher for a keyframe of a track's layer (throttled).
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ConnId,
+        track_sid: &str,
+        rid: Option<Rid>,
+    ) {
         let Some(participant) = self.participants.get_mut(&publisher) else {
             return;
         };
@@ -1040,19 +1252,19 @@ impl Sfu {
         else {
             return;
         };
-        if track.last_pli.is_some_and(|at| now < at + PLI_INTERVAL) {
+        if track
+            .last_pli
+            .get(&rid)
+            .is_some_and(|at| now < *at + PLI_INTERVAL)
+        {
             return;
         }
         let Some(mid) = track.mid else {
             return;
         };
-        track.last_pli = Some(now);
-        if let Some(stream) = participant
-            .publisher
-            .rtc
-            .direct_api()
-            .stream_rx_by_mid(mid, None)
-        {
+        track.last_pli.insert(rid, now);
+        let mut api = participant.publisher.rtc.direct_api();
+        if let Some(stream) = api.stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(KeyframeRequestKind::Pli);
         }
         self.drive(now, publisher, Side::Publisher);

@@ -345,3 +345,52 @@ async def test_the_active_speaker_is_announced(sparks):
         feeder.cancel()
         await alice.disconnect()
         await bob.disconnect()
+
+
+async def test_simulcast_layer_follows_the_requested_quality(sparks):
+    # Alice sends three layers; Bob gets one, and another when he asks for another quality,
+    # switched at a keyframe (frames keep decoding across the switch).
+    room = rand_localpart("room")
+    alice = await connect(sparks, "alice", room)
+    bob = await connect(sparks, "bob", room)
+    width, height = 1280, 720
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track("camera", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True,
+                                      video_codec=rtc.VideoCodec.VP8)
+    await alice.local_participant.publish_track(track, options)
+
+    async def feed():
+        frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
+                               bytes([30, 200, 30, 255]) * (width * height))
+        while True:
+            source.capture_frame(frame)
+            await asyncio.sleep(1 / 10)
+    feeder = asyncio.create_task(feed())
+    try:
+        remote = await remote_track(bob, "alice", rtc.TrackKind.KIND_VIDEO)
+        publication = next(p for p in next(iter(bob.remote_participants.values()))
+                           .track_publications.values() if p.kind == rtc.TrackKind.KIND_VIDEO)
+        assert publication.simulcasted
+        stream = rtc.VideoStream(remote)
+        sizes: list[int] = []
+
+        async def widths_until(predicate, seconds=20):
+            deadline = time.monotonic() + seconds
+            async for event in stream:
+                sizes.append(event.frame.width)
+                if predicate(event.frame.width) or time.monotonic() > deadline:
+                    return event.frame.width
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+        high = await widths_until(lambda w: w >= 640)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+        low = await widths_until(lambda w: w <= 400)
+        assert low < high, sizes
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+        back = await widths_until(lambda w: w >= 640)
+        assert back > low, sizes
+        await stream.aclose()
+    finally:
+        feeder.cancel()
+        await alice.disconnect()
+        await bob.disconnect()

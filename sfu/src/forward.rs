@@ -1,0 +1,218 @@
+//! What one receiver gets of one track: which simulcast layer, and sequence numbers and
+//! timestamps rewritten so that switching layers looks like one clean stream.
+//!
+//! A simulcast publisher sends the same video in up to three layers (rids `q`, `h`, `f`),
+//! each its own RTP stream with its own sequence numbers and timestamp base. A receiver gets
+//! one: the layer it asked for, switched to only where that layer starts a keyframe (the
+//! decoder needs nothing before it). Sequence numbers continue from the last one sent (a gap
+//! inside a layer stays a gap, so NACKs still work); timestamps continue by the time that
+//! passed. Payloads are never touched: encrypted frames stay as they are.
+
+use std::time::Instant;
+
+use str0m::media::Rid;
+
+/// The first sequence number a receiver sees (low, so the SRTP rollover counter starts at 0).
+const FIRST_SEQ: u64 = 1000;
+
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    seq: u64,
+    ts: u32,
+    at: Instant,
+}
+
+/// One receiver's view of one track.
+#[derive(Debug, Default)]
+pub struct Forwarding {
+    /// The layer being forwarded (`Some(None)`: a track without simulcast).
+    current: Option<Option<Rid>>,
+    /// The layer the receiver should get (simulcast only).
+    pub target: Option<Rid>,
+    /// The receiver asked for nothing (`UpdateTrackSettings.disabled`).
+    pub paused: bool,
+    seq_offset: i64,
+    ts_offset: u32,
+    last: Option<Sent>,
+}
+
+/// Where a packet goes out, if it does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Drop,
+    Forward {
+        seq: u64,
+        ts: u32,
+        /// This packet started (or switched to) its layer.
+        switched: bool,
+    },
+}
+
+impl Forwarding {
+    pub fn new(target: Option<Rid>) -> Self {
+        Self {
+            target,
+            ..Default::default()
+        }
+    }
+
+    /// The layer now forwarded, if any.
+    pub fn current(&self) -> Option<Option<Rid>> {
+        self.current
+    }
+
+    /// Whether the target layer is not being forwarded yet (it needs a keyframe).
+    pub fn waiting(&self) -> bool {
+        self.target.is_some() && self.current != Some(self.target)
+    }
+
+    /// Decides for one packet of layer `rid`: `seq`/`ts` as the publisher sent them, `at`
+    /// its arrival, `keyframe` whether it starts a keyframe, `clock` the RTP clock rate.
+    pub fn decide(
+        &mut self,
+        rid: Option<Rid>,
+        seq: u64,
+        ts: u32,
+        at: Instant,
+        keyframe: bool,
+        clock: u32,
+    ) -> Verdict {
+        if self.paused {
+            return Verdict::Drop;
+        }
+        let switched = self.current != Some(rid);
+        if switched {
+            // Only the wanted layer takes over, and only where a keyframe starts (a track
+            // without simulcast has just the one layer and starts at once).
+            let wanted = rid.is_none() || rid == self.target;
+            if !wanted || (rid.is_some() && !keyframe) {
+                return Verdict::Drop;
+            }
+            self.start(rid, seq, ts, at, clock);
+        }
+        let out_seq = seq as i64 + self.seq_offset;
+        if out_seq <= 0 {
+            return Verdict::Drop;
+        }
+        let out_seq = out_seq as u64;
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        if self.last.is_none_or(|l| out_seq > l.seq) {
+            self.last = Some(Sent {
+                seq: out_seq,
+                ts: out_ts,
+                at,
+            });
+        }
+        Verdict::Forward {
+            seq: out_seq,
+            ts: out_ts,
+            switched,
+        }
+    }
+
+    /// Continues the output from what was sent last with the packets of layer `rid`.
+    fn start(&mut self, rid: Option<Rid>, seq: u64, ts: u32, at: Instant, clock: u32) {
+        self.current = Some(rid);
+        match self.last {
+            None => {
+                self.seq_offset = FIRST_SEQ as i64 - seq as i64;
+                self.ts_offset = 0;
+            }
+            Some(last) => {
+                self.seq_offset = (last.seq + 1) as i64 - seq as i64;
+                let elapsed = at.saturating_duration_since(last.at);
+                let ticks = (elapsed.as_micros() * u128::from(clock) / 1_000_000).max(1);
+                let next_ts = last.ts.wrapping_add(ticks as u32);
+                self.ts_offset = next_ts.wrapping_sub(ts);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn forward(v: Verdict) -> (u64, u32, bool) {
+        match v {
+            Verdict::Forward { seq, ts, switched } => (seq, ts, switched),
+            Verdict::Drop => panic!("dropped"),
+        }
+    }
+
+    #[test]
+    fn a_plain_track_is_rebased_and_keeps_its_gaps() {
+        let t0 = Instant::now();
+        let mut f = Forwarding::new(None);
+        assert_eq!(
+            forward(f.decide(None, 50_000, 7, t0, false, 48_000)),
+            (FIRST_SEQ, 7, true)
+        );
+        assert_eq!(
+            forward(f.decide(None, 50_001, 967, t0, false, 48_000)).0,
+            FIRST_SEQ + 1
+        );
+        // A lost packet stays a gap (the receiver NACKs it).
+        assert_eq!(
+            forward(f.decide(None, 50_003, 2887, t0, false, 48_000)).0,
+            FIRST_SEQ + 3
+        );
+    }
+
+    #[test]
+    fn layers_switch_only_at_a_keyframe_and_continue_seamlessly() {
+        let t0 = Instant::now();
+        let q = Rid::from("q");
+        let f_ = Rid::from("f");
+        let mut fw = Forwarding::new(Some(q));
+        // The target layer starts only with a keyframe.
+        assert_eq!(
+            fw.decide(Some(q), 10, 1000, t0, false, 90_000),
+            Verdict::Drop
+        );
+        assert_eq!(
+            fw.decide(Some(f_), 500, 9000, t0, true, 90_000),
+            Verdict::Drop
+        );
+        let (seq, ts, switched) = forward(fw.decide(Some(q), 11, 4000, t0, true, 90_000));
+        assert_eq!((seq, switched), (FIRST_SEQ, true));
+        let (seq, last_ts, _) = forward(fw.decide(Some(q), 12, 7000, t0, false, 90_000));
+        assert_eq!((seq, last_ts), (FIRST_SEQ + 1, ts + 3000));
+
+        // Asked for the high layer: q keeps flowing until f starts a keyframe.
+        fw.target = Some(f_);
+        assert!(fw.waiting());
+        assert_eq!(
+            fw.decide(Some(f_), 501, 9000, t0, false, 90_000),
+            Verdict::Drop
+        );
+        assert_eq!(
+            forward(fw.decide(Some(q), 13, 10_000, t0, false, 90_000)).0,
+            FIRST_SEQ + 2
+        );
+        let later = t0 + Duration::from_millis(40);
+        let (seq, ts, switched) = forward(fw.decide(Some(f_), 502, 123, later, true, 90_000));
+        assert!(switched);
+        assert_eq!(seq, FIRST_SEQ + 3, "no gap, no jump");
+        // 40 ms after the last packet sent: 3600 ticks of 90 kHz later.
+        assert_eq!(ts, last_ts.wrapping_add(3000).wrapping_add(3600));
+        assert!(!fw.waiting());
+        // The old layer is dropped from now on.
+        assert_eq!(
+            fw.decide(Some(q), 14, 13_000, later, true, 90_000),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn paused_drops_everything() {
+        let mut f = Forwarding::new(None);
+        f.paused = true;
+        assert_eq!(
+            f.decide(None, 1, 1, Instant::now(), true, 48_000),
+            Verdict::Drop
+        );
+    }
+}
