@@ -19,6 +19,9 @@ use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig};
 
 /// Longest we sleep without looking at the clock (str0m timers are usually sooner).
 const MAX_IDLE: Duration = Duration::from_millis(500);
+/// Datagrams already waiting that are handled together before sending (receivers' output
+/// is produced once per batch).
+const BATCH: usize = 32;
 
 enum Command {
     Join {
@@ -143,8 +146,15 @@ async fn run(mut sfu: Sfu, socket: UdpSocket, mut commands: mpsc::UnboundedRecei
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
+                    let now = Instant::now();
                     let data = &buf[..n];
-                    guarded(|| sfu.handle_datagram(Instant::now(), from, local, data));
+                    guarded(|| sfu.handle_datagram(now, from, local, data));
+                    // Whatever else is already waiting joins the batch.
+                    for _ in 0..BATCH {
+                        let Ok((n, from)) = socket.try_recv_from(&mut buf) else { break };
+                        let data = &buf[..n];
+                        guarded(|| sfu.handle_datagram(now, from, local, data));
+                    }
                 }
                 Err(error) => tracing::debug!(%error, "UDP receive failed"),
             },
@@ -197,6 +207,7 @@ async fn flush(
     socket: &UdpSocket,
     sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
 ) {
+    guarded(|| sfu.flush(Instant::now()));
     while let Some(output) = sfu.poll_output() {
         match output {
             Output::Transmit { to, data } => {

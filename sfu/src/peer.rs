@@ -120,6 +120,10 @@ impl Pc {
         mut transmit: impl FnMut(SocketAddr, SocketAddr, Vec<u8>),
     ) -> Vec<Event> {
         let mut events = Vec::new();
+        // Timers already due are run at once: str0m sends newly written media only after its
+        // next timeout, and waiting for the driver's timer (1 ms granularity) would add that
+        // to every forwarded packet.
+        let mut due_runs = 0;
         loop {
             if !self.rtc.is_alive() {
                 // Nothing more to do; the owner removes it.
@@ -129,6 +133,10 @@ impl Pc {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => transmit(t.source, t.destination, t.contents.into()),
                 Ok(Output::Event(event)) => events.push(event),
+                Ok(Output::Timeout(at)) if at <= now && due_runs < 4 => {
+                    due_runs += 1;
+                    self.timeout(now);
+                }
                 Ok(Output::Timeout(at)) => {
                     self.next_timeout = at;
                     return events;

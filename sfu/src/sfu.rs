@@ -48,6 +48,8 @@ pub struct SfuConfig {
 pub struct JoinParams {
     pub claims: Claims,
     pub auto_subscribe: bool,
+    /// TURN servers (with credentials) for this participant.
+    pub ice_servers: Vec<proto::IceServer>,
 }
 
 /// `audio/opus`, `video/VP8` ...: the codec negotiated for a publisher's media.
@@ -240,6 +242,8 @@ pub struct Sfu {
     out: VecDeque<Output>,
     /// When speakers are next worked out.
     speaker_tick: Option<Instant>,
+    /// Subscriber connections with media written since the last [`Sfu::flush`].
+    dirty: Vec<ConnId>,
 }
 
 impl Sfu {
@@ -252,6 +256,17 @@ impl Sfu {
             next_conn: 1,
             out: VecDeque::new(),
             speaker_tick: None,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Sends what was forwarded since the last call: call after a batch of input (several
+    /// datagrams), before taking the output.
+    pub fn flush(&mut self, now: Instant) {
+        while !self.dirty.is_empty() {
+            for conn in std::mem::take(&mut self.dirty) {
+                self.drive(now, conn, Side::Subscriber);
+            }
         }
     }
 
@@ -343,6 +358,7 @@ impl Sfu {
             server_version: signal::SERVER_VERSION.to_owned(),
             server_info: Some(signal::server_info()),
             subscriber_primary: true,
+            ice_servers: params.ice_servers,
             ping_interval: signal::PING_INTERVAL_S,
             ping_timeout: signal::PING_TIMEOUT_S,
             ..Default::default()
@@ -1113,7 +1129,11 @@ impl Sfu {
             .ext_vals(packet.header.ext_vals.clone())
             .nackable(incoming.kind == MediaKind::Video),
         );
-        self.drive(now, member, Side::Subscriber);
+        // Sent when the batch of input is done (see `flush`): one drive per receiver per
+        // batch, not per packet.
+        if !self.dirty.contains(&member) {
+            self.dirty.push(member);
+        }
     }
 
     /// A receiver's settings for a track it gets: paused, or which quality (or size).

@@ -49,6 +49,32 @@ impl Rtc {
     }
 }
 
+/// TURN servers for a participant, with coturn REST API credentials (`username` =
+/// `<expiry>:<identity>`, `credential` = base64 HMAC-SHA1 of it with the shared secret),
+/// valid a day.
+pub fn ice_servers(server: &Server, identity: &str) -> Vec<livekit_protocol::IceServer> {
+    use base64::Engine;
+    use hmac::Mac;
+    let config = &server.config.rtc;
+    if config.turn_uris.is_empty() {
+        return Vec::new();
+    }
+    let expiry = crate::users::now_ms() / 1000 + 24 * 60 * 60;
+    let username = format!("{expiry}:{identity}");
+    let Ok(mut mac) =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(config.turn_shared_secret.as_bytes())
+    else {
+        return Vec::new();
+    };
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    vec![livekit_protocol::IceServer {
+        urls: config.turn_uris.clone(),
+        username,
+        credential,
+    }]
+}
+
 /// Binds the SFU's UDP port and starts it. A port that cannot be bound disables meetings
 /// (logged) rather than stopping the homeserver.
 pub async fn start(server: &Server) {

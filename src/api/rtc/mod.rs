@@ -102,6 +102,7 @@ async fn rtc(
     let auto_subscribe = query
         .get("auto_subscribe")
         .is_none_or(|v| v == "1" || v == "true");
+    let ice_servers = crate::rtc::ice_servers(&server, &claims.sub);
     upgrade.on_upgrade(move |socket| {
         session(
             socket,
@@ -109,6 +110,7 @@ async fn rtc(
             JoinParams {
                 claims,
                 auto_subscribe,
+                ice_servers,
             },
         )
     })

@@ -1,0 +1,266 @@
+//! LiveKit signalling at the protocol level, against the real binary: what a client needs
+//! from `JoinResponse`, the subscriber offer that follows it, TURN credentials, ping/pong,
+//! room updates, a second session of the same identity replacing the first, and refusals.
+//! (Media and the SDK's view are in tests/python/test_sfu_livekit.py.)
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use hmac::Mac;
+use livekit_protocol::{
+    self as proto, SignalRequest, SignalResponse, signal_request, signal_response,
+};
+use prost::Message as _;
+use sparks_sfu::token::{self, Claims, VideoGrant};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use common::TestServer;
+
+const SECRET: &str = "an-rtc-test-secret-0123456789abcdef012345";
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn server() -> TestServer {
+    TestServer::start_with(&format!(
+        "[ratelimit]\nenabled = false\n[rtc]\napi_key = \"key\"\napi_secret = \"{SECRET}\"\n\
+         turn_uris = [\"turn:turn.example.org:3478?transport=udp\"]\n\
+         turn_shared_secret = \"turn-secret\"\n"
+    ))
+    .await
+}
+
+fn token_for(identity: &str, room: &str, secret: &str, ttl: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = Claims {
+        iss: "key".into(),
+        sub: identity.into(),
+        exp: now + ttl,
+        video: VideoGrant {
+            room_join: true,
+            room: room.into(),
+            can_publish: Some(false),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    token::sign(&claims, secret)
+}
+
+async fn connect(server: &TestServer, token: &str) -> Result<Socket, tungstenite::Error> {
+    let url = format!(
+        "ws://127.0.0.1:{}/livekit/sfu/rtc?access_token={token}&auto_subscribe=1",
+        server.port
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+async fn next(ws: &mut Socket) -> signal_response::Message {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a signal within 10 s")
+            .expect("open")
+            .expect("readable");
+        if let Message::Binary(bytes) = message {
+            let response = SignalResponse::decode(bytes.as_ref()).expect("protobuf");
+            return response.message.expect("a message");
+        }
+    }
+}
+
+/// The next message `pick` accepts (others are skipped).
+async fn expect<T>(
+    ws: &mut Socket,
+    mut pick: impl FnMut(signal_response::Message) -> Option<T>,
+) -> T {
+    loop {
+        if let Some(found) = pick(next(ws).await) {
+            return found;
+        }
+    }
+}
+
+async fn send(ws: &mut Socket, message: signal_request::Message) {
+    let bytes = SignalRequest {
+        message: Some(message),
+    }
+    .encode_to_vec();
+    ws.send(Message::Binary(bytes.into())).await.expect("send");
+}
+
+#[tokio::test]
+async fn join_response_gives_clients_what_they_need() {
+    let server = server().await;
+    let mut ws = connect(&server, &token_for("alice", "r1", SECRET, 600))
+        .await
+        .expect("connects");
+    let join = match next(&mut ws).await {
+        signal_response::Message::Join(join) => join,
+        other => panic!("expected Join first, got {other:?}"),
+    };
+    let participant = join.participant.expect("participant");
+    assert_eq!(participant.identity, "alice");
+    assert!(participant.sid.starts_with("PA_"));
+    let permission = participant
+        .permission
+        .expect("permission (the JS client needs it)");
+    assert!(!permission.can_publish && permission.can_subscribe);
+    assert!(!join.server_info.expect("server info").version.is_empty());
+    assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+    assert!(join.subscriber_primary);
+    assert_eq!(join.room.expect("room").name, "r1");
+
+    // coturn REST credentials: "<expiry>:<identity>", HMAC-SHA1 with the shared secret.
+    let ice = join.ice_servers.first().expect("a TURN server");
+    assert_eq!(ice.urls, ["turn:turn.example.org:3478?transport=udp"]);
+    let (_, identity) = ice.username.split_once(':').expect("expiry:identity");
+    assert_eq!(identity, "alice");
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"turn-secret").expect("key");
+    mac.update(ice.username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(ice.credential, expected);
+
+    // The subscriber connection is offered at once (with the data channels).
+    let offer = expect(&mut ws, |m| match m {
+        signal_response::Message::Offer(offer) => Some(offer),
+        _ => None,
+    })
+    .await;
+    assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
+    assert!(offer.sdp.contains("webrtc-datachannel"), "{}", offer.sdp);
+
+    send(&mut ws, signal_request::Message::Ping(42)).await;
+    let pong = expect(&mut ws, |m| match m {
+        signal_response::Message::Pong(ts) => Some(ts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong, 42);
+    send(
+        &mut ws,
+        signal_request::Message::PingReq(proto::Ping {
+            timestamp: 7,
+            rtt: 0,
+        }),
+    )
+    .await;
+    let pong = expect(&mut ws, |m| match m {
+        signal_response::Message::PongResp(pong) => Some(pong),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong.last_ping_timestamp, 7);
+
+    // Publishing without permission is refused.
+    send(
+        &mut ws,
+        signal_request::Message::AddTrack(proto::AddTrackRequest {
+            cid: "c1".into(),
+            r#type: proto::TrackType::Audio as i32,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let refused = expect(&mut ws, |m| match m {
+        signal_response::Message::RequestResponse(r) => Some(r),
+        signal_response::Message::TrackPublished(_) => panic!("published without permission"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        refused.reason,
+        proto::request_response::Reason::NotAllowed as i32
+    );
+}
+
+#[tokio::test]
+async fn the_room_sees_joins_leaves_and_a_replaced_session() {
+    let server = server().await;
+    let mut alice = connect(&server, &token_for("alice", "r2", SECRET, 600))
+        .await
+        .expect("alice");
+    let _ = next(&mut alice).await;
+    let mut bob = connect(&server, &token_for("bob", "r2", SECRET, 600))
+        .await
+        .expect("bob");
+    let join = match next(&mut bob).await {
+        signal_response::Message::Join(join) => join,
+        other => panic!("expected Join, got {other:?}"),
+    };
+    assert_eq!(join.other_participants.len(), 1);
+    assert_eq!(join.other_participants[0].identity, "alice");
+    let update = expect(&mut alice, |m| match m {
+        signal_response::Message::Update(u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(update.participants[0].identity, "bob");
+
+    // Bob connects again: the old session is told why and closed; Alice sees one Bob.
+    let mut bob_again = connect(&server, &token_for("bob", "r2", SECRET, 600))
+        .await
+        .expect("bob again");
+    let leave = expect(&mut bob, |m| match m {
+        signal_response::Message::Leave(leave) => Some(leave),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        leave.reason,
+        proto::DisconnectReason::DuplicateIdentity as i32
+    );
+    let join = match next(&mut bob_again).await {
+        signal_response::Message::Join(join) => join,
+        other => panic!("expected Join, got {other:?}"),
+    };
+    assert_eq!(join.other_participants.len(), 1);
+
+    // Bob leaves: Alice gets him as disconnected.
+    send(
+        &mut bob_again,
+        signal_request::Message::Leave(Default::default()),
+    )
+    .await;
+    let gone = expect(&mut alice, |m| match m {
+        signal_response::Message::Update(u)
+            if u.participants.iter().any(|p| {
+                p.identity == "bob"
+                    && p.state == proto::participant_info::State::Disconnected as i32
+            }) =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    let () = gone;
+}
+
+#[tokio::test]
+async fn bad_tokens_and_v1_are_refused() {
+    let server = server().await;
+    for token in [
+        token_for("eve", "r3", "wrong-secret-wrong-secret-wrong-secret", 600),
+        token_for("eve", "r3", SECRET, -3600),
+        "garbage".to_owned(),
+    ] {
+        match connect(&server, &token).await {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+            other => panic!("expected a 401, got {other:?}"),
+        }
+    }
+    let url = format!("ws://127.0.0.1:{}/livekit/sfu/rtc/v1", server.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),
+        other => panic!("expected a 404 for v1, got {other:?}"),
+    }
+}
