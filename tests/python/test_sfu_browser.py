@@ -1,0 +1,46 @@
+"""The browser path Element Call takes: livekit-client (npm) in headless Chromium (Debian
+``chromium``), two pages in a meeting on Sparks' SFU, one publishing Chromium's fake camera
+and microphone, the other decoding them (tests/browser/call.mjs; ``npm ci`` there first).
+The client runs with its default options, so it also exercises the fallback from the
+single-peer-connection protocol (``/rtc/v1``, 404 here) to ``/rtc``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import Homeserver, rand_localpart
+from test_sfu_livekit import make_token
+
+BROWSER_DIR = Path(__file__).resolve().parent.parent / "browser"
+
+
+@pytest.fixture(scope="module")
+def sparks():
+    hs = Homeserver("sparks")
+    hs.start()
+    try:
+        yield hs
+    finally:
+        hs.stop()
+
+
+def test_chromium_pages_exchange_camera_and_microphone(sparks):
+    assert shutil.which("chromium"), "Debian chromium is needed (scripts/setup --tests)"
+    assert (BROWSER_DIR / "node_modules" / "livekit-client").is_dir(), \
+        "run npm ci in tests/browser (scripts/setup --tests)"
+    room = rand_localpart("room")
+    url = f"ws://{sparks.ip}:{sparks.port}/livekit/sfu"
+    run = subprocess.run(
+        ["node", str(BROWSER_DIR / "call.mjs"), url, make_token("camera", room),
+         make_token("viewer", room)],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"stdout: {run.stdout}\nstderr: {run.stderr[-3000:]}"
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["from"] == "camera", result
+    assert result["framesDecoded"] > 30 and result["audioPackets"] > 20, result
