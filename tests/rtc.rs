@@ -264,3 +264,30 @@ async fn bad_tokens_and_v1_are_refused() {
         other => panic!("expected a 404 for v1, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_token_is_renewed_before_it_expires() {
+    let server = server().await;
+    // Valid for 4 more seconds: a renewed one comes about halfway.
+    let mut ws = connect(&server, &token_for("carol", "r4", SECRET, 4))
+        .await
+        .expect("connects");
+    let renewed = expect(&mut ws, |m| match m {
+        signal_response::Message::RefreshToken(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = token::verify_join(&renewed, |k| (k == "key").then(|| SECRET.to_owned()), now)
+        .expect("signed with the server's secret");
+    assert_eq!(claims.sub, "carol");
+    assert_eq!(claims.video.room, "r4");
+    assert!(
+        claims.exp > now + 600,
+        "renewed for longer: {}",
+        claims.exp - now
+    );
+}

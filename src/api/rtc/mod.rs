@@ -103,6 +103,13 @@ async fn rtc(
         .get("auto_subscribe")
         .is_none_or(|v| v == "1" || v == "true");
     let ice_servers = crate::rtc::ice_servers(&server, &claims.sub);
+    let refresh = Refresh {
+        claims: claims.clone(),
+        secret: server
+            .rtc
+            .secret_of(&server, &claims.iss)
+            .unwrap_or_default(),
+    };
     upgrade.on_upgrade(move |socket| {
         session(
             socket,
@@ -112,18 +119,66 @@ async fn rtc(
                 auto_subscribe,
                 ice_servers,
             },
+            refresh,
         )
     })
 }
 
-/// Relays one participant's signalling between its WebSocket and the SFU until either ends.
-async fn session(mut socket: WebSocket, handle: SfuHandle, params: JoinParams) {
+/// What renewing a participant's token takes (LiveKit clients reconnect with the newest one).
+struct Refresh {
+    claims: token::Claims,
+    secret: String,
+}
+
+/// Longest a session goes without a fresh token.
+const REFRESH_EVERY_S: i64 = 5 * 60;
+/// How long a renewed token is valid.
+const REFRESHED_TTL_S: i64 = 60 * 60;
+
+impl Refresh {
+    /// When to send the next token: halfway to the current one's expiry, at most 5 minutes.
+    fn due_in(&self) -> std::time::Duration {
+        let left = (self.claims.exp - unix_now()).max(2);
+        std::time::Duration::from_secs((left / 2).clamp(1, REFRESH_EVERY_S) as u64)
+    }
+
+    /// A `RefreshToken` message with a renewed token (same grants, later expiry).
+    fn next(&mut self) -> Vec<u8> {
+        use prost::Message as _;
+        let now = unix_now();
+        self.claims.exp = now + REFRESHED_TTL_S;
+        self.claims.nbf = Some(now - 10);
+        let renewed = token::sign(&self.claims, &self.secret);
+        livekit_protocol::SignalResponse {
+            message: Some(livekit_protocol::signal_response::Message::RefreshToken(
+                renewed,
+            )),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// Relays one participant's signalling between its WebSocket and the SFU until either ends,
+/// renewing the participant's token before it expires.
+async fn session(
+    mut socket: WebSocket,
+    handle: SfuHandle,
+    params: JoinParams,
+    mut refresh: Refresh,
+) {
     let Some(mut session) = handle.join(params).await else {
         return;
     };
     let conn = session.conn;
+    let mut renew_at = tokio::time::Instant::now() + refresh.due_in();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(renew_at) => {
+                if socket.send(Message::Binary(refresh.next().into())).await.is_err() {
+                    break;
+                }
+                renew_at = tokio::time::Instant::now() + refresh.due_in();
+            }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Binary(bytes))) => handle.signal(conn, &bytes),
                 Some(Ok(Message::Text(_))) => {
