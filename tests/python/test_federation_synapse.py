@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import time
 from urllib.parse import quote
@@ -784,3 +785,51 @@ async def test_signing_key_rotation_keeps_the_old_key_verifiable(synapse):
         assert docs and new_id in docs[0]["verify_keys"], reply
     finally:
         hs.stop()
+
+
+async def test_a_synapse_user_gets_a_call_token_from_sparks(synapse, sparks):
+    # MatrixRTC across servers: Sparks checks the OpenID token of a Synapse user with Synapse
+    # (federation openid/userinfo) and that user's membership of the room, as it knows it.
+    bob, bob_token = await register(sparks, "bob")
+    status, room = await raw_request(
+        sparks, "POST", "/_matrix/client/v3/createRoom", bob_token,
+        json={"preset": "public_chat",
+              "power_level_content_override": {"events": {"org.matrix.msc3401.call.member": 0}}})
+    assert status == 200, room
+    room_id = room["room_id"]
+    alice, alice_token = await register(synapse, "alice")
+    status, reply = await raw_request(synapse, "POST", f"/_matrix/client/v3/join/{room_id}",
+                                      alice_token, json={},
+                                      params={"server_name": sparks.server_name})
+    assert status == 200, reply
+
+    async def openid(hs, user, token):
+        status, reply = await raw_request(
+            hs, "POST", f"/_matrix/client/v3/user/{quote(user)}/openid/request_token", token,
+            json={})
+        assert status == 200, reply
+        assert reply["matrix_server_name"] == hs.server_name
+        return reply
+
+    service = f"http://{sparks.ip}:{sparks.port}/livekit/jwt"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{service}/sfu/get", json={
+                "room": room_id, "openid_token": await openid(synapse, alice, alice_token),
+                "device_id": "ALICEDEV"}) as r:
+            assert r.status == 200, await r.text()
+            reply = await r.json()
+        payload = reply["jwt"].split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert claims["sub"] == f"{alice}:ALICEDEV"
+
+        # Someone on Synapse who is not in the room, and a token Synapse never issued.
+        carol, carol_token = await register(synapse, "carol")
+        async with s.post(f"{service}/sfu/get", json={
+                "room": room_id, "openid_token": await openid(synapse, carol, carol_token),
+                "device_id": "X"}) as r:
+            assert r.status == 403, await r.text()
+        forged = {"access_token": "forged", "token_type": "Bearer",
+                  "matrix_server_name": synapse.server_name, "expires_in": 3600}
+        async with s.post(f"{service}/sfu/get", json={
+                "room": room_id, "openid_token": forged, "device_id": "X"}) as r:
+            assert r.status == 401, await r.text()

@@ -205,3 +205,25 @@ async def test_a_call_through_matrix_and_a_kick_ends_it_at_once(sparks):
         feeder.cancel()
         await alice_lk.disconnect()
         await bob_lk.disconnect()
+
+
+async def test_the_homeserver_endpoint_of_msc4195(sparks):
+    # No OpenID round trip: the homeserver issues the token to its authenticated user.
+    room_id, (alice, alice_token), _ = await call_room(sparks)
+    device = (await whoami(sparks, alice_token))["device_id"]
+    path = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token"
+    for body in ({"room_id": room_id, "slot_id": "m.call#ROOM",
+                  "member": {"id": "m1", "claimed_device_id": device}},
+                 {"room_id": room_id, "slot_id": "m.call#ROOM", "member_id": "m1"}):
+        status, reply = await raw_request(sparks, "POST", path, alice_token, json=body)
+        assert status == 200, reply
+        claims = claims_of(reply["jwt"])
+        assert claims["sub"] == unpadded_sha256([alice, device, "m1"])
+        assert claims["video"]["room"] == unpadded_sha256([room_id, "m.call#ROOM"])
+    status, reply = await raw_request(sparks, "POST", path, json={
+        "room_id": room_id, "slot_id": "m.call#ROOM", "member_id": "m1"})
+    assert status == 401, reply
+    _, carol_token = await register(sparks, "carol")
+    status, reply = await raw_request(sparks, "POST", path, carol_token, json={
+        "room_id": room_id, "slot_id": "m.call#ROOM", "member_id": "m1"})
+    assert (status, reply["errcode"]) == (403, "M_FORBIDDEN"), reply

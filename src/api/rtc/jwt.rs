@@ -33,6 +33,55 @@ pub fn routes(r: Router<Arc<Server>>) -> Router<Arc<Server>> {
     r.route("/livekit/jwt/sfu/get", post(sfu_get))
         .route("/livekit/jwt/get_token", post(get_token))
         .route("/livekit/jwt/healthz", get(|| async { "OK" }))
+        .route(
+            "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
+            post(homeserver_get_token),
+        )
+}
+
+/// MSC4195's draft: the homeserver issues the token to its own authenticated user (no OpenID
+/// round trip). Body `{room_id, slot_id, member: {id, claimed_device_id}}` (the MSC text) or
+/// `{room_id, slot_id, member_id}` (ruma's); answers `{jwt}` (and `url`).
+async fn homeserver_get_token(
+    State(server): State<Arc<Server>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        enabled(&server)?;
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Error::missing_token("Missing access token"))?;
+        let session = server.users.authenticate(&server, token.trim())?;
+        let request: serde_json::Value = parse(&body)?;
+        let room_id: OwnedRoomId = serde_json::from_value(request["room_id"].clone())
+            .map_err(|e| Error::bad_json(format!("room_id: {e}")))?;
+        let slot_id = request["slot_id"]
+            .as_str()
+            .ok_or_else(|| Error::bad_json("slot_id missing"))?;
+        let member_id = request["member"]["id"]
+            .as_str()
+            .or_else(|| request["member_id"].as_str())
+            .ok_or_else(|| Error::bad_json("member.id missing"))?;
+        let device = session.device_id.to_string();
+        if let Some(claimed) = request["member"]["claimed_device_id"].as_str()
+            && claimed != device
+        {
+            return Err(tokens::unauthorized(
+                "member.claimed_device_id is not your device",
+            ));
+        }
+        let identity = tokens::hashed(&[session.user_id.as_str(), &device, member_id]);
+        let room = tokens::hashed(&[room_id.as_str(), slot_id]);
+        tokens::issue(&server, &session.user_id, &room_id, identity, room)
+    }
+    .await;
+    match result {
+        Ok(jwt) => answer(&server, jwt),
+        Err(error) => error.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
