@@ -129,6 +129,23 @@ impl Forwarding {
     }
 }
 
+/// The layer a receiver gets: the one it asked for, or the best lower one that fits its
+/// bandwidth `budget` (bits/s, when known). `layers`: (rid, bitrate; 0 = unknown) lowest first.
+pub fn fit(layers: &[(Rid, u64)], requested: Rid, budget: Option<u64>) -> Rid {
+    let Some(budget) = budget else {
+        return requested;
+    };
+    let Some(upto) = layers.iter().position(|(rid, _)| *rid == requested) else {
+        return requested;
+    };
+    layers[..=upto]
+        .iter()
+        .rev()
+        .find(|(_, bitrate)| *bitrate <= budget)
+        .or(layers.first())
+        .map_or(requested, |(rid, _)| *rid)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -203,6 +220,25 @@ mod tests {
         assert_eq!(
             fw.decide(Some(q), 14, 13_000, later, true, 90_000),
             Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn the_layer_fits_the_bandwidth() {
+        let (q, h, f) = (Rid::from("q"), Rid::from("h"), Rid::from("f"));
+        let layers = [(q, 150_000), (h, 500_000), (f, 2_500_000)];
+        assert_eq!(fit(&layers, f, None), f, "unknown bandwidth: as asked");
+        assert_eq!(fit(&layers, f, Some(3_000_000)), f);
+        assert_eq!(fit(&layers, f, Some(1_000_000)), h);
+        assert_eq!(
+            fit(&layers, h, Some(10_000_000)),
+            h,
+            "never above what was asked"
+        );
+        assert_eq!(
+            fit(&layers, f, Some(50_000)),
+            q,
+            "the lowest when nothing fits"
         );
     }
 

@@ -6,8 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Where a receiver's bandwidth estimate starts (it probes upwards from there).
+const INITIAL_ESTIMATE_KBPS: u64 = 1_500;
+
 use str0m::{
     Candidate, Event, Input, Output, Rtc, RtcConfig,
+    bwe::Bitrate,
     change::SdpPendingOffer,
     config::DtlsCert,
     net::{Protocol, Receive},
@@ -36,8 +40,15 @@ pub struct Pc {
 }
 
 impl Pc {
-    pub fn new(now: Instant, cert: &DtlsCert, candidates: &[SocketAddr]) -> Self {
-        let mut rtc = RtcConfig::new()
+    /// `estimate_bandwidth`: TWCC bandwidth estimation (for connections we send on, so
+    /// receivers get the simulcast layer their bandwidth carries).
+    pub fn new(
+        now: Instant,
+        cert: &DtlsCert,
+        candidates: &[SocketAddr],
+        estimate_bandwidth: bool,
+    ) -> Self {
+        let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(cert.clone())
@@ -45,8 +56,11 @@ impl Pc {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
-            .enable_vp9(true)
-            .build(now);
+            .enable_vp9(true);
+        if estimate_bandwidth {
+            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
+        }
+        let mut rtc = config.build(now);
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(candidate) => {

@@ -24,7 +24,7 @@ use str0m::{
 };
 
 use crate::{
-    forward::{Forwarding, Verdict},
+    forward::{Forwarding, Verdict, fit},
     ids,
     peer::{Pc, Side},
     signal,
@@ -36,6 +36,15 @@ pub type ConnId = u64;
 
 /// Keyframe requests to a publisher, at most one per track in this time.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Whether receivers' bandwidth is estimated (TWCC) to cap their simulcast layer. Off: with
+/// str0m's estimator and pacer on every subscriber connection the SFU used ~40% more CPU per
+/// packet and, at 100 participants on 2 cores, its pacer queues grew to seconds
+/// (benches/sfu). The layer choice below already takes an estimate when there is one.
+const ESTIMATE_BANDWIDTH: bool = false;
+/// What an audio track is assumed to need when sharing bandwidth out (Opus with headers).
+const AUDIO_BITRATE: u64 = 64_000;
+/// Least bandwidth kept for video while the estimator probes for more.
+const MIN_VIDEO_BITRATE: u64 = 300_000;
 
 pub struct SfuConfig {
     /// Where the UDP socket is reachable (host candidates).
@@ -167,6 +176,22 @@ impl UpTrack {
         by_name.or_else(|| self.rids.get(index).copied())
     }
 
+    /// (layer, bitrate the client announced for it) lowest first; 0 when not announced.
+    fn layer_bitrates(&self) -> Vec<(Rid, u64)> {
+        #[allow(deprecated)]
+        let layers = &self.info.layers;
+        self.rids
+            .iter()
+            .map(|rid| {
+                let bitrate = layers
+                    .iter()
+                    .find(|l| self.rid_for(l.quality, 0, 0) == Some(*rid))
+                    .map_or(0, |l| u64::from(l.bitrate));
+                (*rid, bitrate)
+            })
+            .collect()
+    }
+
     /// The best layer (what a receiver gets unless it asks for less).
     fn top_rid(&self) -> Option<Rid> {
         self.rid_for(proto::VideoQuality::High as i32, 0, 0)
@@ -192,6 +217,8 @@ struct DownTrack {
     track_sid: String,
     kind: MediaKind,
     state: DownState,
+    /// The layer the receiver asked for (its bandwidth may get it a lower one).
+    requested: Option<Rid>,
     /// Layer choice and sequence/timestamp rewriting for this receiver.
     forwarding: Forwarding,
 }
@@ -213,6 +240,8 @@ struct Participant {
     publisher_channels: HashMap<ChannelId, String>,
     /// Whether the first subscriber offer was sent (it carries the data channels).
     offered: bool,
+    /// Bandwidth towards the participant (TWCC estimate of the subscriber connection).
+    estimate: Option<u64>,
 }
 
 impl Participant {
@@ -369,14 +398,20 @@ impl Sfu {
             room: room_name.clone(),
             info,
             matrix: claims.sparks.clone(),
-            publisher: Pc::new(now, &self.config.cert, &self.config.candidates),
-            subscriber: Pc::new(now, &self.config.cert, &self.config.candidates),
+            publisher: Pc::new(now, &self.config.cert, &self.config.candidates, false),
+            subscriber: Pc::new(
+                now,
+                &self.config.cert,
+                &self.config.candidates,
+                ESTIMATE_BANDWIDTH,
+            ),
             pending: Vec::new(),
             tracks: Vec::new(),
             downs: Vec::new(),
             channels: HashMap::new(),
             publisher_channels: HashMap::new(),
             offered: false,
+            estimate: None,
         };
         if params.auto_subscribe {
             participant.downs = self.existing_tracks(&room_name, conn);
@@ -407,6 +442,7 @@ impl Sfu {
                         track_sid: t.info.sid.clone(),
                         kind: t.kind,
                         state: DownState::ToOpen,
+                        requested: t.top_rid(),
                         forwarding: Forwarding::new(t.top_rid()),
                     })
             })
@@ -630,6 +666,7 @@ impl Sfu {
                 self.request_keyframe(now, publisher, &track_sid, rid);
             }
         }
+        self.retarget(now, conn);
         self.drive(now, conn, Side::Subscriber);
         self.negotiate(now, conn);
     }
@@ -908,6 +945,15 @@ impl Sfu {
                     p.channels.insert(label, id);
                 }
             }
+            (
+                Side::Subscriber,
+                Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }),
+            ) => {
+                if let Some(p) = self.participants.get_mut(&conn) {
+                    p.estimate = Some(estimate.as_u64());
+                }
+                self.retarget(now, conn);
+            }
             (Side::Publisher, Event::ChannelOpen(id, label)) => {
                 if let Some(p) = self.participants.get_mut(&conn) {
                     p.publisher_channels.insert(id, label);
@@ -1011,6 +1057,7 @@ impl Sfu {
                 track_sid: sid.clone(),
                 kind,
                 state: DownState::ToOpen,
+                requested: top,
                 forwarding: Forwarding::new(top),
             });
             self.negotiate(now, member);
@@ -1143,7 +1190,6 @@ impl Sfu {
         conn: ConnId,
         settings: &proto::UpdateTrackSettings,
     ) {
-        let mut keyframes = Vec::new();
         let Some(participant) = self.participants.get(&conn) else {
             return;
         };
@@ -1180,13 +1226,73 @@ impl Sfu {
             };
             down.forwarding.paused = settings.disabled;
             if rid.is_some() {
-                down.forwarding.target = rid;
-            }
-            if !settings.disabled && down.forwarding.waiting() {
-                keyframes.push((publisher, track_sid, down.forwarding.target));
+                down.requested = rid;
             }
         }
-        // The new layer starts at its next keyframe: ask for one now.
+        self.retarget(now, conn);
+    }
+
+    /// Works out the layer each of a receiver's video tracks gets (what it asked for, within
+    /// its bandwidth), tells its bandwidth estimator what to aim for, and asks publishers for
+    /// keyframes where the layer changes.
+    fn retarget(&mut self, now: Instant, conn: ConnId) {
+        let Some(participant) = self.participants.get(&conn) else {
+            return;
+        };
+        let videos = participant
+            .downs
+            .iter()
+            .filter(|d| d.kind == MediaKind::Video && !d.forwarding.paused)
+            .count()
+            .max(1) as u64;
+        let audios = participant.downs.len() as u64 - videos.min(participant.downs.len() as u64);
+        // Audio first; video shares the rest.
+        let budget = participant
+            .estimate
+            .map(|e| e.saturating_sub(audios * AUDIO_BITRATE) / videos);
+        let mut plan = Vec::new();
+        let mut desired = audios * AUDIO_BITRATE;
+        for (index, down) in participant.downs.iter().enumerate() {
+            let (Some(requested), MediaKind::Video) = (down.requested, down.kind) else {
+                continue;
+            };
+            let layers = self
+                .participants
+                .get(&down.publisher)
+                .and_then(|p| p.tracks.iter().find(|t| t.info.sid == down.track_sid))
+                .map(UpTrack::layer_bitrates)
+                .unwrap_or_default();
+            desired += layers
+                .iter()
+                .find(|(rid, _)| *rid == requested)
+                .map_or(0, |(_, bitrate)| *bitrate);
+            plan.push((index, fit(&layers, requested, budget)));
+        }
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        if desired > 0 {
+            participant.subscriber.rtc.bwe().set_bitrate(
+                str0m::bwe::Bitrate::from(desired.min(MIN_VIDEO_BITRATE + audios * AUDIO_BITRATE)),
+                str0m::bwe::Bitrate::from(desired),
+            );
+        }
+        let mut keyframes = Vec::new();
+        for (index, target) in plan {
+            let down = &mut participant.downs[index];
+            if down.forwarding.target != Some(target) {
+                tracing::debug!(conn, track_sid = down.track_sid, %target, "layer for receiver");
+                down.forwarding.target = Some(target);
+            }
+            if !down.forwarding.paused && down.forwarding.waiting() {
+                keyframes.push((
+                    down.publisher,
+                    down.track_sid.clone(),
+                    down.forwarding.target,
+                ));
+            }
+        }
+        // A new layer starts at its next keyframe: ask for one now.
         for (publisher, track_sid, rid) in keyframes {
             self.request_keyframe(now, publisher, &track_sid, rid);
         }
