@@ -140,6 +140,8 @@ struct UpTrack {
     rids: Vec<Rid>,
     /// When a keyframe was last asked for, per layer.
     last_pli: HashMap<Option<Rid>, Instant>,
+    /// Layers (of `rids`) last announced to the publisher as wanted (dynacast).
+    announced: Option<Vec<bool>>,
 }
 
 impl UpTrack {
@@ -190,6 +192,20 @@ impl UpTrack {
                 (*rid, bitrate)
             })
             .collect()
+    }
+
+    /// LiveKit's quality of one of the layers.
+    fn quality_of(&self, rid: Rid) -> proto::VideoQuality {
+        match rid.as_ref() as &str {
+            "q" => proto::VideoQuality::Low,
+            "h" => proto::VideoQuality::Medium,
+            "f" => proto::VideoQuality::High,
+            _ => match self.rids.iter().position(|r| *r == rid) {
+                Some(0) => proto::VideoQuality::Low,
+                Some(1) => proto::VideoQuality::Medium,
+                _ => proto::VideoQuality::High,
+            },
+        }
     }
 
     /// The best layer (what a receiver gets unless it asks for less).
@@ -273,6 +289,8 @@ pub struct Sfu {
     speaker_tick: Option<Instant>,
     /// Subscriber connections with media written since the last [`Sfu::flush`].
     dirty: Vec<ConnId>,
+    /// Publishers whose receivers switched layers (dynacast to update at the next flush).
+    switched: Vec<ConnId>,
 }
 
 impl Sfu {
@@ -286,12 +304,17 @@ impl Sfu {
             out: VecDeque::new(),
             speaker_tick: None,
             dirty: Vec::new(),
+            switched: Vec::new(),
         }
     }
 
     /// Sends what was forwarded since the last call: call after a batch of input (several
     /// datagrams), before taking the output.
     pub fn flush(&mut self, now: Instant) {
+        if !self.switched.is_empty() {
+            let publishers = std::mem::take(&mut self.switched);
+            self.update_dynacast(publishers);
+        }
         while !self.dirty.is_empty() {
             for conn in std::mem::take(&mut self.dirty) {
                 self.drive(now, conn, Side::Subscriber);
@@ -548,6 +571,9 @@ impl Sfu {
                 p.downs.retain(|d| d.publisher != conn);
             }
         }
+        // What the one who left received is no longer needed.
+        let publishers: Vec<ConnId> = participant.downs.iter().map(|d| d.publisher).collect();
+        self.update_dynacast(publishers);
         let mut info = participant.public_info();
         info.state = proto::participant_info::State::Disconnected as i32;
         info.tracks.clear();
@@ -1027,6 +1053,7 @@ impl Sfu {
             kind,
             rids,
             last_pli: HashMap::new(),
+            announced: None,
         };
         let top = track.top_rid();
         tracing::debug!(conn, %mid, rids = ?track.rids, "track media bound");
@@ -1140,7 +1167,7 @@ impl Sfu {
             incoming.keyframe,
             clock,
         );
-        let Verdict::Forward { seq, ts, .. } = verdict else {
+        let Verdict::Forward { seq, ts, switched } = verdict else {
             // Waiting to switch to this layer: keep asking for its keyframe (throttled).
             if incoming.rid.is_some()
                 && down.forwarding.waiting()
@@ -1180,6 +1207,10 @@ impl Sfu {
         // batch, not per packet.
         if !self.dirty.contains(&member) {
             self.dirty.push(member);
+        }
+        // A finished layer switch may leave the old layer unwanted.
+        if switched && incoming.rid.is_some() && !self.switched.contains(&incoming.publisher) {
+            self.switched.push(incoming.publisher);
         }
     }
 
@@ -1295,6 +1326,85 @@ impl Sfu {
         // A new layer starts at its next keyframe: ask for one now.
         for (publisher, track_sid, rid) in keyframes {
             self.request_keyframe(now, publisher, &track_sid, rid);
+        }
+        let publishers = self
+            .participants
+            .get(&conn)
+            .map(|p| p.downs.iter().map(|d| d.publisher).collect())
+            .unwrap_or_default();
+        self.update_dynacast(publishers);
+    }
+
+    /// Dynacast: tells publishers which layers of their simulcast tracks someone receives
+    /// (or is about to), so clients that honour it stop encoding the others.
+    // `subscribed_qualities` is deprecated but still what older clients read.
+    #[allow(deprecated)]
+    fn update_dynacast(&mut self, publishers: Vec<ConnId>) {
+        for publisher in publishers {
+            let Some(p) = self.participants.get(&publisher) else {
+                continue;
+            };
+            let mut updates = Vec::new();
+            for (index, track) in p.tracks.iter().enumerate() {
+                if track.rids.is_empty() {
+                    continue;
+                }
+                let wanted: Vec<bool> = track
+                    .rids
+                    .iter()
+                    .map(|rid| {
+                        self.participants.values().any(|other| {
+                            other.downs.iter().any(|d| {
+                                d.publisher == publisher
+                                    && d.track_sid == track.info.sid
+                                    && !d.forwarding.paused
+                                    && (d.forwarding.target == Some(*rid)
+                                        || d.forwarding.current() == Some(Some(*rid)))
+                            })
+                        })
+                    })
+                    .collect();
+                if track.announced.as_ref() == Some(&wanted) {
+                    continue;
+                }
+                let qualities: Vec<proto::SubscribedQuality> = track
+                    .rids
+                    .iter()
+                    .zip(&wanted)
+                    .map(|(rid, enabled)| proto::SubscribedQuality {
+                        quality: track.quality_of(*rid) as i32,
+                        enabled: *enabled,
+                    })
+                    .collect();
+                let codec = track
+                    .info
+                    .mime_type
+                    .split_once('/')
+                    .map_or("vp8", |(_, c)| c)
+                    .to_lowercase();
+                updates.push((
+                    index,
+                    wanted,
+                    proto::SubscribedQualityUpdate {
+                        track_sid: track.info.sid.clone(),
+                        subscribed_qualities: qualities.clone(),
+                        subscribed_codecs: vec![proto::SubscribedCodec { codec, qualities }],
+                    },
+                ));
+            }
+            let Some(p) = self.participants.get_mut(&publisher) else {
+                continue;
+            };
+            for (index, wanted, update) in updates {
+                tracing::debug!(publisher, track_sid = update.track_sid, ?wanted, "dynacast");
+                p.tracks[index].announced = Some(wanted);
+                self.out.push_back(Output::Signal(
+                    publisher,
+                    Box::new(signal::response(
+                        signal_response::Message::SubscribedQualityUpdate(update),
+                    )),
+                ));
+            }
         }
     }
 

@@ -64,14 +64,14 @@ def sfu_url(hs: Homeserver) -> str:
 
 
 async def connect(hs: Homeserver, identity: str, room: str, key: bytes | None = None,
-                  **grant) -> rtc.Room:
+                  dynacast: bool = False, **grant) -> rtc.Room:
     lk = rtc.Room()
     encryption = (rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
                   if key else None)
     await asyncio.wait_for(
         lk.connect(sfu_url(hs), make_token(identity, room, **grant),
                    rtc.RoomOptions(auto_subscribe=True, single_peer_connection=False,
-                                   encryption=encryption)),
+                                   encryption=encryption, dynacast=dynacast)),
         timeout=20)
     return lk
 
@@ -347,11 +347,13 @@ async def test_the_active_speaker_is_announced(sparks):
         await bob.disconnect()
 
 
-async def test_simulcast_layer_follows_the_requested_quality(sparks):
+@pytest.mark.parametrize("dynacast", [False, True])
+async def test_simulcast_layer_follows_the_requested_quality(sparks, dynacast):
     # Alice sends three layers; Bob gets one, and another when he asks for another quality,
-    # switched at a keyframe (frames keep decoding across the switch).
+    # switched at a keyframe (frames keep decoding across the switch). With dynacast, Alice
+    # stops encoding the layers nobody receives and must be told to resume them.
     room = rand_localpart("room")
-    alice = await connect(sparks, "alice", room)
+    alice = await connect(sparks, "alice", room, dynacast=dynacast)
     bob = await connect(sparks, "bob", room)
     width, height = 1280, 720
     source = rtc.VideoSource(width, height)
