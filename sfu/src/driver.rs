@@ -87,9 +87,23 @@ impl SfuHandle {
     }
 }
 
+/// A participant joined (`joined`) or left a meeting.
+#[derive(Debug)]
+pub struct Presence {
+    pub identity: String,
+    /// The Matrix user and room its token was issued for (by this homeserver).
+    pub matrix: Option<crate::token::MatrixClaim>,
+    pub joined: bool,
+}
+
 /// Binds the UDP socket and starts the SFU task. `advertise` are the addresses clients are
-/// told to send media to (the bound address when it is a concrete one).
-pub async fn start(bind: SocketAddr, advertise: Vec<SocketAddr>) -> io::Result<SfuHandle> {
+/// told to send media to (the bound address when it is a concrete one); `events` gets
+/// participants' comings and goings.
+pub async fn start(
+    bind: SocketAddr,
+    advertise: Vec<SocketAddr>,
+    events: Option<mpsc::UnboundedSender<Presence>>,
+) -> io::Result<SfuHandle> {
     let socket = UdpSocket::bind(bind).await?;
     let local = socket.local_addr()?;
     let provider = str0m::crypto::from_feature_flags();
@@ -117,7 +131,7 @@ pub async fn start(bind: SocketAddr, advertise: Vec<SocketAddr>) -> io::Result<S
     };
     let sfu = Sfu::new(SfuConfig { candidates, cert });
     let (commands, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(run(sfu, socket, receiver));
+    tokio::spawn(run(sfu, socket, receiver, events));
     Ok(SfuHandle { commands, local })
 }
 
@@ -128,7 +142,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn run(mut sfu: Sfu, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+async fn run(
+    mut sfu: Sfu,
+    socket: UdpSocket,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: Option<mpsc::UnboundedSender<Presence>>,
+) {
     let local = match socket.local_addr() {
         Ok(local) => local,
         Err(_) => return,
@@ -136,7 +155,7 @@ async fn run(mut sfu: Sfu, socket: UdpSocket, mut commands: mpsc::UnboundedRecei
     let mut sessions: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
-        flush(&mut sfu, &socket, &mut sessions).await;
+        flush(&mut sfu, &socket, &mut sessions, events.as_ref()).await;
         let now = Instant::now();
         let deadline = sfu
             .next_timeout()
@@ -201,11 +220,13 @@ fn handle(
     }
 }
 
-/// Sends what the core produced: datagrams on the socket, signalling to the sessions.
+/// Sends what the core produced: datagrams on the socket, signalling to the sessions,
+/// participants' comings and goings to the homeserver.
 async fn flush(
     sfu: &mut Sfu,
     socket: &UdpSocket,
     sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+    events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
     guarded(|| sfu.flush(Instant::now()));
     while let Some(output) = sfu.poll_output() {
@@ -222,6 +243,19 @@ async fn flush(
             }
             Output::Close(conn) => {
                 sessions.remove(&conn);
+            }
+            Output::Presence {
+                identity,
+                matrix,
+                joined,
+            } => {
+                if let Some(events) = events {
+                    let _ = events.send(Presence {
+                        identity,
+                        matrix,
+                        joined,
+                    });
+                }
             }
         }
     }

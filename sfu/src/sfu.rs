@@ -119,6 +119,12 @@ pub enum Output {
     Close(ConnId),
     /// A datagram to send from our socket.
     Transmit { to: SocketAddr, data: Vec<u8> },
+    /// A participant is in a room now (`true`) or left it (`false`), for the homeserver.
+    Presence {
+        identity: String,
+        matrix: Option<crate::token::MatrixClaim>,
+        joined: bool,
+    },
 }
 
 struct Room {
@@ -439,6 +445,11 @@ impl Sfu {
         if params.auto_subscribe {
             participant.downs = self.existing_tracks(&room_name, conn);
         }
+        self.out.push_back(Output::Presence {
+            identity: participant.info.identity.clone(),
+            matrix: participant.matrix.clone(),
+            joined: true,
+        });
         self.participants.insert(conn, participant);
         self.negotiate(now, conn);
         let newcomer = self.participants[&conn].public_info();
@@ -544,6 +555,11 @@ impl Sfu {
             );
         }
         self.out.push_back(Output::Close(conn));
+        self.out.push_back(Output::Presence {
+            identity: participant.info.identity.clone(),
+            matrix: participant.matrix.clone(),
+            joined: false,
+        });
         participant.publisher.rtc.disconnect();
         participant.subscriber.rtc.disconnect();
         self.by_source.retain(|_, (c, _)| *c != conn);

@@ -3,13 +3,14 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
 };
 
 use sparks_sfu::driver::SfuHandle;
 
 use crate::server::Server;
 
+pub mod delegation;
 pub mod tokens;
 
 pub struct Rtc {
@@ -17,6 +18,8 @@ pub struct Rtc {
     handle: OnceLock<SfuHandle>,
     /// The API secret in force: the configured one, or a random one for this run.
     secret: String,
+    /// Delayed leave events members handed over (sent when they leave the meeting).
+    pub delegations: Arc<delegation::Delegations>,
 }
 
 impl Rtc {
@@ -29,6 +32,7 @@ impl Rtc {
         Self {
             handle: OnceLock::new(),
             secret,
+            delegations: Default::default(),
         }
     }
 
@@ -77,7 +81,7 @@ pub fn ice_servers(server: &Server, identity: &str) -> Vec<livekit_protocol::Ice
 
 /// Binds the SFU's UDP port and starts it. A port that cannot be bound disables meetings
 /// (logged) rather than stopping the homeserver.
-pub async fn start(server: &Server) {
+pub async fn start(server: &Arc<Server>) {
     let config = &server.config.rtc;
     if !config.enabled {
         return;
@@ -85,10 +89,13 @@ pub async fn start(server: &Server) {
     let ip = server.config.listen.client.ip();
     let bind = SocketAddr::new(ip, config.udp_port);
     let advertised = config.public_ip.unwrap_or_else(|| advertised_ip(ip));
-    match sparks_sfu::driver::start(bind, vec![SocketAddr::new(advertised, 0)]).await {
+    let (events, presence) = tokio::sync::mpsc::unbounded_channel();
+    match sparks_sfu::driver::start(bind, vec![SocketAddr::new(advertised, 0)], Some(events)).await
+    {
         Ok(handle) => {
             tracing::info!(udp = %handle.local_addr(), advertised = %advertised, "SFU ready");
             let _ = server.rtc.handle.set(handle);
+            tokio::spawn(server.rtc.delegations.clone().run(server.clone(), presence));
         }
         Err(error) => tracing::error!(%bind, %error, "cannot start the SFU: meetings are off"),
     }

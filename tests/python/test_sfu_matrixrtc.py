@@ -227,3 +227,54 @@ async def test_the_homeserver_endpoint_of_msc4195(sparks):
     status, reply = await raw_request(sparks, "POST", path, carol_token, json={
         "room_id": room_id, "slot_id": "m.call#ROOM", "member_id": "m1"})
     assert (status, reply["errcode"]) == (403, "M_FORBIDDEN"), reply
+
+
+async def test_a_handed_over_delayed_leave_is_kept_alive_then_sent_when_the_member_goes(sparks):
+    # As Element Call in its newer mode: schedule "left" ({}), join, hand the delayed event to
+    # the server (delegate_delayed_leave). The server restarts it while the member is in the
+    # meeting, and sends it the moment the SFU sees them go.
+    room_id, (alice, alice_token), _ = await call_room(sparks)
+    device = (await whoami(sparks, alice_token))["device_id"]
+    key = f"_{alice}_{device}_m.call"
+    state_path = f"/_matrix/client/v3/rooms/{room_id}/state/org.matrix.msc3401.call.member/{quote(key)}"
+    status, reply = await raw_request(sparks, "PUT", state_path, alice_token, json={},
+                                      params={"org.matrix.msc4140.delay": "3000"})
+    assert status == 200, reply
+    delay_id = reply["delay_id"]
+    status, reply = await raw_request(sparks, "PUT", state_path, alice_token,
+                                      json={"application": "m.call", "device_id": device})
+    assert status == 200, reply
+
+    service = f"http://{sparks.ip}:{sparks.port}/livekit/jwt"
+    openid_token = await openid(sparks, alice, alice_token)
+    member = {"id": "m1", "claimed_user_id": alice, "claimed_device_id": device}
+    status, token = await post(f"{service}/get_token", {
+        "room_id": room_id, "slot_id": "m.call#ROOM", "openid_token": openid_token,
+        "member": member})
+    assert status == 200, token
+    status, reply = await post(f"{service}/delegate_delayed_leave", {
+        "room_id": room_id, "slot_id": "m.call#ROOM", "openid_token": openid_token,
+        "member": member, "delay_id": delay_id, "delay_timeout": 3000})
+    assert (status, reply) == (200, {}), reply
+    status, reply = await post(f"{service}/delegate_delayed_leave", {
+        "room_id": room_id, "slot_id": "m.call#ROOM", "openid_token": openid_token,
+        "member": member, "delay_id": "syd_not_mine", "delay_timeout": 3000})
+    assert status == 404, reply
+
+    lk = rtc.Room()
+    await asyncio.wait_for(lk.connect(token["url"], token["jwt"], rtc.RoomOptions(
+        single_peer_connection=False)), timeout=20)
+    await asyncio.sleep(5)  # longer than the delay: only the server's restarts keep it back
+    status, state = await raw_request(sparks, "GET", state_path, alice_token)
+    assert state.get("application") == "m.call", state
+
+    await lk.disconnect()
+    started = time.monotonic()
+    while time.monotonic() - started < 5:
+        status, state = await raw_request(sparks, "GET", state_path, alice_token)
+        if state == {}:
+            break
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    assert state == {}, state
+    assert elapsed < 1.5, f"sent {elapsed:.2f} s after leaving (the timer would take longer)"

@@ -34,6 +34,10 @@ pub fn routes(r: Router<Arc<Server>>) -> Router<Arc<Server>> {
         .route("/livekit/jwt/get_token", post(get_token))
         .route("/livekit/jwt/healthz", get(|| async { "OK" }))
         .route(
+            "/livekit/jwt/delegate_delayed_leave",
+            post(delegate_delayed_leave),
+        )
+        .route(
             "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token",
             post(homeserver_get_token),
         )
@@ -95,6 +99,10 @@ struct SfuGet {
     room: OwnedRoomId,
     openid_token: OpenIdToken,
     device_id: String,
+    #[serde(default)]
+    delay_id: Option<String>,
+    #[serde(default)]
+    delay_timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +118,11 @@ struct GetToken {
     slot_id: String,
     openid_token: OpenIdToken,
     member: Member,
+    /// A delayed "left the call" event to hand over (see [`crate::rtc::delegation`]).
+    #[serde(default)]
+    delay_id: Option<String>,
+    #[serde(default)]
+    delay_timeout: Option<u64>,
 }
 
 /// The body as `T`: `400 M_NOT_JSON` when it is not JSON, `400 M_BAD_JSON` when fields are
@@ -137,7 +150,7 @@ fn enabled(server: &Server) -> Result<()> {
 }
 
 async fn sfu_get(State(server): State<Arc<Server>>, body: Bytes) -> Response {
-    let result = async {
+    let result: Result<String> = async {
         enabled(&server)?;
         let request: SfuGet = parse(&body)?;
         let token = &request.openid_token;
@@ -145,7 +158,15 @@ async fn sfu_get(State(server): State<Arc<Server>>, body: Bytes) -> Response {
             tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
         let identity = format!("{user}:{}", request.device_id);
         let room = tokens::hashed(&[request.room.as_str(), "m.call#ROOM"]);
-        tokens::issue(&server, &user, &request.room, identity, room)
+        let jwt = tokens::issue(&server, &user, &request.room, identity.clone(), room)?;
+        delegate(
+            &server,
+            &user,
+            identity,
+            request.delay_id,
+            request.delay_timeout,
+        )?;
+        Ok(jwt)
     }
     .await;
     match result {
@@ -172,11 +193,95 @@ async fn get_token(State(server): State<Arc<Server>>, body: Bytes) -> Response {
             &request.member.id,
         ]);
         let room = tokens::hashed(&[request.room_id.as_str(), &request.slot_id]);
-        tokens::issue(&server, &user, &request.room_id, identity, room)
+        let jwt = tokens::issue(&server, &user, &request.room_id, identity.clone(), room)?;
+        delegate(
+            &server,
+            &user,
+            identity,
+            request.delay_id,
+            request.delay_timeout,
+        )?;
+        Ok(jwt)
     }
     .await;
     match result {
         Ok(jwt) => answer(&server, jwt),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Hands a delayed leave event over, when the request names one (our users only: the event
+/// lives on their homeserver).
+fn delegate(
+    server: &Arc<Server>,
+    user: &ruma::UserId,
+    identity: String,
+    delay_id: Option<String>,
+    timeout_ms: Option<u64>,
+) -> Result<()> {
+    let Some(delay_id) = delay_id else {
+        return Ok(());
+    };
+    if !server.is_local(user.server_name()) {
+        return Err(Error::forbidden(
+            "Delayed leave can be handed over only by users of this server",
+        ));
+    }
+    let timeout = timeout_ms.unwrap_or(10_000);
+    server
+        .rtc
+        .delegations
+        .delegate(server, user, identity, delay_id, timeout)
+}
+
+#[derive(Deserialize)]
+struct DelegateDelayedLeave {
+    room_id: OwnedRoomId,
+    openid_token: OpenIdToken,
+    member: Member,
+    delay_id: String,
+    delay_timeout: u64,
+}
+
+/// `POST /delegate_delayed_leave`: the member's delayed leave event is restarted by the
+/// server while they are in the meeting and sent when the SFU sees them go.
+async fn delegate_delayed_leave(State(server): State<Arc<Server>>, body: Bytes) -> Response {
+    let result = async {
+        enabled(&server)?;
+        let request: DelegateDelayedLeave = parse(&body)?;
+        let token = &request.openid_token;
+        let user =
+            tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
+        if request.member.claimed_user_id != user.as_str() {
+            return Err(tokens::unauthorized(
+                "member.claimed_user_id is not the OpenID token's user",
+            ));
+        }
+        if !server
+            .rooms
+            .is_joined(&server.maps, &request.room_id, &user)?
+        {
+            return Err(Error::forbidden(format!(
+                "{user} is not joined to {}",
+                request.room_id
+            )));
+        }
+        let identity = tokens::hashed(&[
+            user.as_str(),
+            &request.member.claimed_device_id,
+            &request.member.id,
+        ]);
+        delegate(
+            &server,
+            &user,
+            identity,
+            Some(request.delay_id),
+            Some(request.delay_timeout),
+        )
+    }
+    .await;
+    match result {
+        Ok(()) => Json(json!({})).into_response(),
         Err(error) => error.into_response(),
     }
 }
