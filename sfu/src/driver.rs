@@ -166,13 +166,11 @@ async fn run(
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
                     let now = Instant::now();
-                    let data = &buf[..n];
-                    guarded(|| sfu.handle_datagram(now, from, local, data));
+                    datagram(&mut sfu, now, from, local, &buf[..n]);
                     // Whatever else is already waiting joins the batch.
                     for _ in 0..BATCH {
                         let Ok((n, from)) = socket.try_recv_from(&mut buf) else { break };
-                        let data = &buf[..n];
-                        guarded(|| sfu.handle_datagram(now, from, local, data));
+                        datagram(&mut sfu, now, from, local, &buf[..n]);
                     }
                 }
                 Err(error) => tracing::debug!(%error, "UDP receive failed"),
@@ -182,7 +180,7 @@ async fn run(
                 None => return,
             },
             () = tokio::time::sleep_until(deadline.into()) => {
-                guarded(|| sfu.handle_timeout(Instant::now()));
+                let _ = guarded(|| sfu.handle_timeout(Instant::now()));
             }
         }
     }
@@ -201,22 +199,29 @@ fn handle(
             sessions.insert(conn, tx);
             let _ = reply.send((conn, rx));
         }
-        Command::Signal(conn, request) => guarded(|| sfu.handle_signal(now, conn, request)),
+        Command::Signal(conn, request) => {
+            if !guarded(|| sfu.handle_signal(now, conn, request)) {
+                // Its state may be half-updated: it leaves (and may rejoin); the room goes on.
+                guarded(|| sfu.drop_faulty(now, conn));
+            }
+        }
         Command::Closed(conn) => {
             sessions.remove(&conn);
             guarded(|| sfu.handle_ws_closed(now, conn));
         }
-        Command::RemoveMatrixMember { room_id, user_id } => guarded(|| {
-            let removed = sfu.remove_matrix_member(now, &room_id, &user_id);
-            if removed > 0 {
-                tracing::info!(
-                    room_id,
-                    user_id,
-                    removed,
-                    "removed from the call: left the room"
-                );
-            }
-        }),
+        Command::RemoveMatrixMember { room_id, user_id } => {
+            guarded(|| {
+                let removed = sfu.remove_matrix_member(now, &room_id, &user_id);
+                if removed > 0 {
+                    tracing::info!(
+                        room_id,
+                        user_id,
+                        removed,
+                        "removed from the call: left the room"
+                    );
+                }
+            });
+        }
     }
 }
 
@@ -228,7 +233,7 @@ async fn flush(
     sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
     events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
-    guarded(|| sfu.flush(Instant::now()));
+    let _ = guarded(|| sfu.flush(Instant::now()));
     while let Some(output) = sfu.poll_output() {
         match output {
             Output::Transmit { to, data } => {
@@ -261,15 +266,41 @@ async fn flush(
     }
 }
 
+/// One datagram; if handling it panics, the participant it came from is dropped.
+fn datagram(sfu: &mut Sfu, now: Instant, from: SocketAddr, local: SocketAddr, data: &[u8]) {
+    if !guarded(|| sfu.handle_datagram(now, from, local, data))
+        && let Some(conn) = sfu.conn_of_source(from)
+    {
+        guarded(|| sfu.drop_faulty(now, conn));
+    }
+}
+
 /// Runs one input; a panic in it (a bug in handling one peer) is logged instead of taking
-/// the SFU task, and with it every meeting, down.
-fn guarded(f: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(what, "SFU input handling panicked");
+/// the SFU task, and with it every meeting, down. Returns whether it ran through.
+fn guarded(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(what, "SFU input handling panicked");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_contained_and_reported() {
+        assert!(guarded(|| {}));
+        assert!(!guarded(|| panic!("a bug in one peer's handling")));
+        // And the caller carries on.
+        assert!(guarded(|| {}));
     }
 }

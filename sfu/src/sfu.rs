@@ -417,6 +417,11 @@ impl Sfu {
             server_info: Some(signal::server_info()),
             subscriber_primary: true,
             ice_servers: params.ice_servers,
+            // Resuming a session is not served: clients reconnect with a full join instead.
+            client_configuration: Some(proto::ClientConfiguration {
+                resume_connection: proto::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
             ping_interval: signal::PING_INTERVAL_S,
             ping_timeout: signal::PING_TIMEOUT_S,
             ..Default::default()
@@ -861,6 +866,16 @@ impl Sfu {
         self.out
             .push_back(Output::Signal(conn, Box::new(signal::offer(offer, id))));
         self.drive(now, conn, Side::Subscriber);
+    }
+
+    /// The participant a remote address belongs to, if known (to drop it after a fault).
+    pub fn conn_of_source(&self, from: SocketAddr) -> Option<ConnId> {
+        self.by_source.get(&from).map(|(conn, _)| *conn)
+    }
+
+    /// Removes a participant whose handling failed (a panic), telling it and the room.
+    pub fn drop_faulty(&mut self, now: Instant, conn: ConnId) {
+        self.remove(now, conn, proto::DisconnectReason::UnknownReason);
     }
 
     /// A datagram arrived on our socket.
