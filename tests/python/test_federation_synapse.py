@@ -759,6 +759,34 @@ async def test_synapse_reads_the_hierarchy_of_a_sparks_space(synapse, sparks):
     assert names.get(child["room_id"]) == "Child on sparks", tree
 
 
+async def test_a_sparks_user_explores_a_synapse_space_without_joining(synapse, sparks):
+    # Sparks is not in the space: its servers (the one in the room id) answer over federation.
+    alice, alice_token = await register(synapse, "alice")
+    status, space = await raw_request(
+        synapse, "POST", "/_matrix/client/v3/createRoom", alice_token,
+        json={"preset": "public_chat", "creation_content": {"type": "m.space"},
+              "name": "Synapse space", "room_version": "10"})
+    assert status == 200, space
+    status, child = await raw_request(synapse, "POST", "/_matrix/client/v3/createRoom",
+                                      alice_token, json={"preset": "public_chat",
+                                                         "name": "Child on synapse"})
+    assert status == 200, child
+    status, reply = await raw_request(
+        synapse, "PUT",
+        f"/_matrix/client/v3/rooms/{space['room_id']}/state/m.space.child/{child['room_id']}",
+        alice_token, json={"via": [synapse.server_name], "suggested": True})
+    assert status == 200, reply
+    _, bob_token = await register(sparks, "bob")
+    status, tree = await raw_request(
+        sparks, "GET", f"/_matrix/client/v1/rooms/{space['room_id']}/hierarchy", bob_token)
+    assert status == 200, tree
+    names = {r["room_id"]: r.get("name") for r in tree["rooms"]}
+    assert names.get(space["room_id"]) == "Synapse space", tree
+    assert names.get(child["room_id"]) == "Child on synapse", tree
+    space_entry = next(r for r in tree["rooms"] if r["room_id"] == space["room_id"])
+    assert any(e["state_key"] == child["room_id"] for e in space_entry["children_state"])
+
+
 async def test_signing_key_rotation_keeps_the_old_key_verifiable(synapse):
     # A Sparks of its own: it is restarted.
     hs = Homeserver("sparks", federation_ip="127.0.0.7")

@@ -23,6 +23,13 @@ pub async fn hierarchy(
 ) -> Result<Value> {
     let user = request.owned_user()?;
     let body = request.body;
+    // A space this server is not in: its servers answer (the space and its children).
+    if !server.rooms.exists(&server.maps, &body.room_id)?
+        && crate::federation::enabled(&server)
+        && body.from.is_none()
+    {
+        return remote_hierarchy(&server, &user, &body.room_id, body.suggested_only).await;
+    }
     tokio::task::spawn_blocking(move || {
         hierarchy::walk(
             &server,
@@ -40,6 +47,45 @@ pub async fn hierarchy(
     .map_err(Error::internal)?
 }
 
+/// Asks the space's servers (the one in its id, the inviter's) for its hierarchy over
+/// federation. Only the space and its direct children come back that way.
+async fn remote_hierarchy(
+    server: &Arc<Server>,
+    user: &ruma::UserId,
+    room_id: &RoomId,
+    suggested_only: bool,
+) -> Result<Value> {
+    let mut servers = crate::federation::join::servers_from_stored_state(server, room_id, user);
+    if let Some(name) = room_id.server_name()
+        && !server.is_local(name)
+        && !servers.iter().any(|s| s == name)
+    {
+        servers.insert(0, name.to_owned());
+    }
+    let path = format!(
+        "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+        crate::federation::encode(room_id.as_str())
+    );
+    let mut last_error = Error::forbidden("You are not allowed to view this room");
+    for origin in servers {
+        match server
+            .federation
+            .client
+            .send(server, &origin, http::Method::GET, &path, None)
+            .await
+        {
+            Ok(answer) => {
+                let mut rooms = vec![answer["room"].clone()];
+                rooms.extend(answer["children"].as_array().into_iter().flatten().cloned());
+                rooms.retain(|r| r.is_object());
+                return Ok(serde_json::json!({ "rooms": rooms }));
+            }
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
 pub async fn summary(
     server: Arc<Server>,
     request: Ruma<get_summary::v1::Request>,
@@ -50,14 +96,16 @@ pub async fn summary(
         Ok(room_id) => room_id.to_owned(),
         Err(_) => {
             let alias = <&RoomAliasId>::try_from(requested.as_str()).map_err(|_| not_found())?;
-            if !server.is_local(alias.server_name()) {
-                return Err(Error::not_found(
-                    "Aliases of other servers need federation, which is not supported yet",
-                ));
+            if server.is_local(alias.server_name()) {
+                alias::resolve_local(&server, alias)?
+                    .ok_or_else(not_found)?
+                    .room_id
+            } else {
+                // The summary itself comes from what this server knows of the room.
+                crate::federation::join::resolve_alias(&server, alias)
+                    .await?
+                    .0
             }
-            alias::resolve_local(&server, alias)?
-                .ok_or_else(not_found)?
-                .room_id
         }
     };
     let user = request.session.as_ref().map(|s| s.user_id.clone());
