@@ -6,7 +6,8 @@ Covered: bad, expired and foreign tokens are refused with 401 (``/rtc/validate``
 WebSocket); two participants each publish a tone (440 Hz and 660 Hz) and each hears the
 other's, through ICE-lite, DTLS-SRTP and the server's RTP forwarding; leaving is seen; video
 (a solid colour) arrives; a late joiner gets the tracks already published; data messages
-reach whom they are addressed to, stamped with the sender; mute is seen; a participant
+reach whom they are addressed to, stamped with the sender; mute is seen; a screen share is
+its own track with its source; a participant
 without publish permission cannot publish; end-to-end encrypted media passes untouched (a
 receiver with the key decodes it, one without cannot).
 """
@@ -394,5 +395,59 @@ async def test_simulcast_layer_follows_the_requested_quality(sparks, dynacast):
         await stream.aclose()
     finally:
         feeder.cancel()
+        await alice.disconnect()
+        await bob.disconnect()
+
+
+async def test_screen_share_is_its_own_track_with_its_source(sparks):
+    room = rand_localpart("room")
+    alice = await connect(sparks, "alice", room)
+    bob = await connect(sparks, "bob", room)
+    width, height = 640, 360
+    feeders = []
+    try:
+        feeders.append(await publish_colour(alice, (220, 30, 30)))  # the camera
+        screen = rtc.VideoSource(width, height, is_screencast=True)
+        track = rtc.LocalVideoTrack.create_video_track("screen", screen)
+        await alice.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_SCREENSHARE))
+
+        async def feed_screen():
+            frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
+                                   bytes([30, 30, 220, 255]) * (width * height))
+            while True:
+                screen.capture_frame(frame)
+                await asyncio.sleep(1 / 10)
+        feeders.append(asyncio.create_task(feed_screen()))
+
+        deadline = time.monotonic() + 15
+        sources = {}
+        while time.monotonic() < deadline and len(sources) < 2:
+            participant = next((p for p in bob.remote_participants.values()
+                                if p.identity == "alice"), None)
+            if participant:
+                sources = {pub.source: pub for pub in participant.track_publications.values()
+                           if pub.kind == rtc.TrackKind.KIND_VIDEO and pub.track is not None}
+            await asyncio.sleep(0.1)
+        assert set(sources) == {rtc.TrackSource.SOURCE_CAMERA,
+                                rtc.TrackSource.SOURCE_SCREENSHARE}, sources
+        stream = rtc.VideoStream(sources[rtc.TrackSource.SOURCE_SCREENSHARE].track)
+        frames = 0
+
+        async def blue():
+            nonlocal frames
+            async for event in stream:
+                frames += 1
+                if frames < 5:
+                    continue
+                rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
+                pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(-1, 4)
+                return pixels[:, :3].mean(axis=0)
+        colour = await asyncio.wait_for(blue(), timeout=20)
+        await stream.aclose()
+        assert colour[2] > 150 and colour[0] < 90, colour
+    finally:
+        for task in feeders:
+            task.cancel()
         await alice.disconnect()
         await bob.disconnect()
