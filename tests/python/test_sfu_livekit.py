@@ -7,9 +7,9 @@ WebSocket); two participants each publish a tone (440 Hz and 660 Hz) and each he
 other's, through ICE-lite, DTLS-SRTP and the server's RTP forwarding; leaving is seen; video
 (a solid colour) arrives; a late joiner gets the tracks already published; data messages
 reach whom they are addressed to, stamped with the sender; mute is seen; a screen share is
-its own track with its source; a participant
-without publish permission cannot publish; end-to-end encrypted media passes untouched (a
-receiver with the key decodes it, one without cannot).
+its own track with its source; a participant without publish permission cannot publish;
+end-to-end encrypted media passes untouched (a receiver with the key decodes it, one without
+cannot); the active speaker is announced; simulcast follows the requested quality.
 """
 
 from __future__ import annotations
