@@ -6,7 +6,9 @@
 //! one: the layer it asked for, switched to only where that layer starts a keyframe (the
 //! decoder needs nothing before it). Sequence numbers continue from the last one sent (a gap
 //! inside a layer stays a gap, so NACKs still work); timestamps continue by the time that
-//! passed. Payloads are never touched: encrypted frames stay as they are.
+//! passed. VP8's picture ids (and TL0PICIDX) in the payload descriptor continue the same way,
+//! since each layer numbers its frames on its own. Nothing else of a payload is touched:
+//! encrypted frames stay as they are (the descriptor is outside the encrypted frame).
 
 use std::time::Instant;
 
@@ -20,6 +22,58 @@ struct Sent {
     seq: u64,
     ts: u32,
     at: Instant,
+    /// The last VP8 picture id and TL0PICIDX sent, if the stream has them.
+    picture_id: Option<u16>,
+    tl0: Option<u8>,
+}
+
+/// The numbering fields of a VP8 payload descriptor (RFC 7741).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vp8Ids {
+    pub picture_id: Option<u16>,
+    /// Whether the picture id has 15 bits (else 7).
+    pub long: bool,
+    pub tl0: Option<u8>,
+}
+
+impl Vp8Ids {
+    /// Reads them from the start of a VP8 RTP payload.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        let first = *payload.first()?;
+        if first & 0x80 == 0 {
+            return Some(Self {
+                picture_id: None,
+                long: false,
+                tl0: None,
+            });
+        }
+        let ext = *payload.get(1)?;
+        let mut at = 2;
+        let (mut picture_id, mut long, mut tl0) = (None, false, None);
+        if ext & 0x80 != 0 {
+            let byte = *payload.get(at)?;
+            if byte & 0x80 != 0 {
+                long = true;
+                picture_id = Some(u16::from(byte & 0x7f) << 8 | u16::from(*payload.get(at + 1)?));
+                at += 2;
+            } else {
+                picture_id = Some(u16::from(byte));
+                at += 1;
+            }
+        }
+        if ext & 0x40 != 0 {
+            tl0 = Some(*payload.get(at)?);
+        }
+        Some(Self {
+            picture_id,
+            long,
+            tl0,
+        })
+    }
+
+    fn modulus(&self) -> u32 {
+        if self.long { 1 << 15 } else { 1 << 7 }
+    }
 }
 
 /// One receiver's view of one track.
@@ -33,6 +87,9 @@ pub struct Forwarding {
     pub paused: bool,
     seq_offset: i64,
     ts_offset: u32,
+    /// Added (modulo the field's size) to VP8 picture ids and TL0PICIDX.
+    picture_offset: u32,
+    tl0_offset: u8,
     last: Option<Sent>,
 }
 
@@ -45,6 +102,8 @@ pub enum Verdict {
         ts: u32,
         /// This packet started (or switched to) its layer.
         switched: bool,
+        /// Rewritten VP8 picture id and TL0PICIDX, when they change.
+        vp8: Option<(Option<u16>, Option<u8>)>,
     },
 }
 
@@ -68,6 +127,7 @@ impl Forwarding {
 
     /// Decides for one packet of layer `rid`: `seq`/`ts` as the publisher sent them, `at`
     /// its arrival, `keyframe` whether it starts a keyframe, `clock` the RTP clock rate.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         rid: Option<Rid>,
@@ -76,6 +136,7 @@ impl Forwarding {
         at: Instant,
         keyframe: bool,
         clock: u32,
+        vp8: Option<Vp8Ids>,
     ) -> Verdict {
         if self.paused {
             return Verdict::Drop;
@@ -88,7 +149,7 @@ impl Forwarding {
             if !wanted || (rid.is_some() && !keyframe) {
                 return Verdict::Drop;
             }
-            self.start(rid, seq, ts, at, clock);
+            self.start(rid, seq, ts, at, clock, vp8);
         }
         let out_seq = seq as i64 + self.seq_offset;
         if out_seq <= 0 {
@@ -96,22 +157,40 @@ impl Forwarding {
         }
         let out_seq = out_seq as u64;
         let out_ts = ts.wrapping_add(self.ts_offset);
+        let ids = vp8.map(|ids| {
+            let picture_id = ids
+                .picture_id
+                .map(|p| ((u32::from(p) + self.picture_offset) % ids.modulus()) as u16);
+            (picture_id, ids.tl0.map(|t| t.wrapping_add(self.tl0_offset)))
+        });
         if self.last.is_none_or(|l| out_seq > l.seq) {
             self.last = Some(Sent {
                 seq: out_seq,
                 ts: out_ts,
                 at,
+                picture_id: ids.and_then(|i| i.0),
+                tl0: ids.and_then(|i| i.1),
             });
         }
+        let changed = self.picture_offset != 0 || self.tl0_offset != 0;
         Verdict::Forward {
             seq: out_seq,
             ts: out_ts,
             switched,
+            vp8: ids.filter(|_| changed),
         }
     }
 
     /// Continues the output from what was sent last with the packets of layer `rid`.
-    fn start(&mut self, rid: Option<Rid>, seq: u64, ts: u32, at: Instant, clock: u32) {
+    fn start(
+        &mut self,
+        rid: Option<Rid>,
+        seq: u64,
+        ts: u32,
+        at: Instant,
+        clock: u32,
+        vp8: Option<Vp8Ids>,
+    ) {
         self.current = Some(rid);
         match self.last {
             None => {
@@ -124,6 +203,17 @@ impl Forwarding {
                 let ticks = (elapsed.as_micros() * u128::from(clock) / 1_000_000).max(1);
                 let next_ts = last.ts.wrapping_add(ticks as u32);
                 self.ts_offset = next_ts.wrapping_sub(ts);
+                // The new layer's frames continue the numbering of the frames sent so far.
+                if let Some(ids) = vp8 {
+                    if let (Some(sent), Some(incoming)) = (last.picture_id, ids.picture_id) {
+                        let m = ids.modulus();
+                        self.picture_offset =
+                            (u32::from(sent) + 1 + m - u32::from(incoming) % m) % m;
+                    }
+                    if let (Some(sent), Some(incoming)) = (last.tl0, ids.tl0) {
+                        self.tl0_offset = sent.wrapping_add(1).wrapping_sub(incoming);
+                    }
+                }
             }
         }
     }
@@ -154,9 +244,79 @@ mod tests {
 
     fn forward(v: Verdict) -> (u64, u32, bool) {
         match v {
-            Verdict::Forward { seq, ts, switched } => (seq, ts, switched),
+            Verdict::Forward {
+                seq, ts, switched, ..
+            } => (seq, ts, switched),
             Verdict::Drop => panic!("dropped"),
         }
+    }
+
+    /// A VP8 descriptor with a 15-bit picture id and TL0PICIDX, then a payload byte.
+    fn vp8(picture_id: u16, tl0: u8, key: bool) -> Vec<u8> {
+        vec![
+            0x90,
+            0xC0,
+            0x80 | (picture_id >> 8) as u8,
+            picture_id as u8,
+            tl0,
+            if key { 0x00 } else { 0x01 },
+        ]
+    }
+
+    #[test]
+    fn vp8_descriptors_are_read() {
+        let ids = Vp8Ids::parse(&vp8(0x1234, 7, true)).expect("parses");
+        assert_eq!(
+            ids,
+            Vp8Ids {
+                picture_id: Some(0x1234),
+                long: true,
+                tl0: Some(7)
+            }
+        );
+        assert_eq!(
+            Vp8Ids::parse(&[0x10, 0x00])
+                .expect("no extension")
+                .picture_id,
+            None
+        );
+        assert_eq!(Vp8Ids::parse(&[0x90]), None, "truncated");
+    }
+
+    #[test]
+    fn picture_ids_continue_across_a_layer_switch() {
+        let t0 = Instant::now();
+        let (q, f) = (Rid::from("q"), Rid::from("f"));
+        let mut fw = Forwarding::new(Some(q));
+        let ids = |p: u16, t: u8| Vp8Ids::parse(&vp8(p, t, true));
+        let first = fw.decide(Some(q), 10, 0, t0, true, 90_000, ids(100, 5));
+        // The first layer keeps its own numbering.
+        assert!(
+            matches!(first, Verdict::Forward { vp8: None, .. }),
+            "{first:?}"
+        );
+        fw.decide(Some(q), 11, 3000, t0, false, 90_000, ids(101, 5));
+        fw.target = Some(f);
+        // f numbers its frames from 32760 (and wraps): the receiver sees 102, 103 ...
+        let switched = fw.decide(Some(f), 900, 50, t0, true, 90_000, ids(32_760, 200));
+        let Verdict::Forward {
+            vp8: Some((picture_id, tl0)),
+            ..
+        } = switched
+        else {
+            panic!("{switched:?}");
+        };
+        assert_eq!((picture_id, tl0), (Some(102), Some(6)));
+        let next = fw.decide(Some(f), 901, 3050, t0, false, 90_000, ids(8, 201));
+        let Verdict::Forward {
+            vp8: Some((picture_id, tl0)),
+            ..
+        } = next
+        else {
+            panic!("{next:?}");
+        };
+        // 32760 -> 8 is 16 frames on (mod 2^15): 102 + 16.
+        assert_eq!((picture_id, tl0), (Some(118), Some(7)));
     }
 
     #[test]
@@ -164,16 +324,16 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarding::new(None);
         assert_eq!(
-            forward(f.decide(None, 50_000, 7, t0, false, 48_000)),
+            forward(f.decide(None, 50_000, 7, t0, false, 48_000, None)),
             (FIRST_SEQ, 7, true)
         );
         assert_eq!(
-            forward(f.decide(None, 50_001, 967, t0, false, 48_000)).0,
+            forward(f.decide(None, 50_001, 967, t0, false, 48_000, None)).0,
             FIRST_SEQ + 1
         );
         // A lost packet stays a gap (the receiver NACKs it).
         assert_eq!(
-            forward(f.decide(None, 50_003, 2887, t0, false, 48_000)).0,
+            forward(f.decide(None, 50_003, 2887, t0, false, 48_000, None)).0,
             FIRST_SEQ + 3
         );
     }
@@ -186,31 +346,31 @@ mod tests {
         let mut fw = Forwarding::new(Some(q));
         // The target layer starts only with a keyframe.
         assert_eq!(
-            fw.decide(Some(q), 10, 1000, t0, false, 90_000),
+            fw.decide(Some(q), 10, 1000, t0, false, 90_000, None),
             Verdict::Drop
         );
         assert_eq!(
-            fw.decide(Some(f_), 500, 9000, t0, true, 90_000),
+            fw.decide(Some(f_), 500, 9000, t0, true, 90_000, None),
             Verdict::Drop
         );
-        let (seq, ts, switched) = forward(fw.decide(Some(q), 11, 4000, t0, true, 90_000));
+        let (seq, ts, switched) = forward(fw.decide(Some(q), 11, 4000, t0, true, 90_000, None));
         assert_eq!((seq, switched), (FIRST_SEQ, true));
-        let (seq, last_ts, _) = forward(fw.decide(Some(q), 12, 7000, t0, false, 90_000));
+        let (seq, last_ts, _) = forward(fw.decide(Some(q), 12, 7000, t0, false, 90_000, None));
         assert_eq!((seq, last_ts), (FIRST_SEQ + 1, ts + 3000));
 
         // Asked for the high layer: q keeps flowing until f starts a keyframe.
         fw.target = Some(f_);
         assert!(fw.waiting());
         assert_eq!(
-            fw.decide(Some(f_), 501, 9000, t0, false, 90_000),
+            fw.decide(Some(f_), 501, 9000, t0, false, 90_000, None),
             Verdict::Drop
         );
         assert_eq!(
-            forward(fw.decide(Some(q), 13, 10_000, t0, false, 90_000)).0,
+            forward(fw.decide(Some(q), 13, 10_000, t0, false, 90_000, None)).0,
             FIRST_SEQ + 2
         );
         let later = t0 + Duration::from_millis(40);
-        let (seq, ts, switched) = forward(fw.decide(Some(f_), 502, 123, later, true, 90_000));
+        let (seq, ts, switched) = forward(fw.decide(Some(f_), 502, 123, later, true, 90_000, None));
         assert!(switched);
         assert_eq!(seq, FIRST_SEQ + 3, "no gap, no jump");
         // 40 ms after the last packet sent: 3600 ticks of 90 kHz later.
@@ -218,7 +378,7 @@ mod tests {
         assert!(!fw.waiting());
         // The old layer is dropped from now on.
         assert_eq!(
-            fw.decide(Some(q), 14, 13_000, later, true, 90_000),
+            fw.decide(Some(q), 14, 13_000, later, true, 90_000, None),
             Verdict::Drop
         );
     }
@@ -247,7 +407,7 @@ mod tests {
         let mut f = Forwarding::new(None);
         f.paused = true;
         assert_eq!(
-            f.decide(None, 1, 1, Instant::now(), true, 48_000),
+            f.decide(None, 1, 1, Instant::now(), true, 48_000, None),
             Verdict::Drop
         );
     }

@@ -24,7 +24,7 @@ use str0m::{
 };
 
 use crate::{
-    forward::{Forwarding, Verdict, fit},
+    forward::{Forwarding, Verdict, Vp8Ids, fit},
     ids,
     peer::{Pc, Side},
     signal,
@@ -96,6 +96,23 @@ fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// The descriptor rewrite that gives a VP8 packet the picture id / TL0PICIDX the receiver
+/// expects (none when the descriptor has no such fields or the values do not fit).
+fn vp8_patch(
+    payload: &[u8],
+    (picture_id, tl0): (Option<u16>, Option<u8>),
+) -> Option<str0m::rtp::Vp8Patch> {
+    let descriptor = str0m::rtp::Vp8Descriptor::parse(payload).ok()?;
+    let mut patch = descriptor.patch();
+    if let Some(picture_id) = picture_id {
+        patch = patch.picture_id(picture_id);
+    }
+    if let Some(tl0) = tl0 {
+        patch = patch.tl0_pic_idx(tl0);
+    }
+    patch.build().ok()
 }
 
 /// A publisher's packet on its way to the receivers of its track.
@@ -1190,6 +1207,10 @@ impl Sfu {
         };
         let packet = incoming.packet;
         let clock = incoming.params.spec().clock_rate.get();
+        // Simulcast VP8: its frame numbering continues across layer switches too.
+        let vp8 = (incoming.rid.is_some() && incoming.params.spec().codec == Codec::Vp8)
+            .then(|| Vp8Ids::parse(&packet.payload))
+            .flatten();
         let verdict = down.forwarding.decide(
             incoming.rid,
             *packet.seq_no,
@@ -1197,8 +1218,15 @@ impl Sfu {
             packet.timestamp,
             incoming.keyframe,
             clock,
+            vp8,
         );
-        let Verdict::Forward { seq, ts, switched } = verdict else {
+        let Verdict::Forward {
+            seq,
+            ts,
+            switched,
+            vp8: renumbered,
+        } = verdict
+        else {
             // Waiting to switch to this layer: keep asking for its keyframe (throttled).
             if incoming.rid.is_some()
                 && down.forwarding.waiting()
@@ -1222,18 +1250,20 @@ impl Sfu {
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
-        stream.write_rtp(
-            RtpWrite::new(
-                pt,
-                SeqNo::from(seq),
-                ts,
-                packet.timestamp,
-                packet.payload.clone(),
-            )
-            .marker(packet.header.marker)
-            .ext_vals(packet.header.ext_vals.clone())
-            .nackable(incoming.kind == MediaKind::Video),
-        );
+        let mut write = RtpWrite::new(
+            pt,
+            SeqNo::from(seq),
+            ts,
+            packet.timestamp,
+            packet.payload.clone(),
+        )
+        .marker(packet.header.marker)
+        .ext_vals(packet.header.ext_vals.clone())
+        .nackable(incoming.kind == MediaKind::Video);
+        if let Some(patch) = renumbered.and_then(|ids| vp8_patch(&packet.payload, ids)) {
+            write = write.vp8_patch(patch);
+        }
+        stream.write_rtp(write);
         // Sent when the batch of input is done (see `flush`): one drive per receiver per
         // batch, not per packet.
         if !self.dirty.contains(&member) {
