@@ -245,6 +245,10 @@ enum DownState {
     Negotiating(Mid),
     /// Flowing.
     Open(Mid),
+    /// Its publisher or track is gone: the m-line is to be stopped in the next offer.
+    ToStop(Mid),
+    /// Stopped in an offer not yet answered (dropped with the answer).
+    Stopping(Mid),
 }
 
 /// A track a participant receives from another.
@@ -593,22 +597,7 @@ impl Sfu {
             }
         }
         // Its tracks go away for everyone else.
-        let gone: Vec<String> = participant
-            .tracks
-            .iter()
-            .map(|t| t.info.sid.clone())
-            .collect();
-        let members = self.members(&room_name);
-        for other in &members {
-            if let Some(p) = self.participants.get_mut(other) {
-                for down in p.downs.iter().filter(|d| gone.contains(&d.track_sid)) {
-                    if let DownState::Open(mid) | DownState::Negotiating(mid) = down.state {
-                        tracing::debug!(?mid, "subscription ends with its publisher");
-                    }
-                }
-                p.downs.retain(|d| d.publisher != conn);
-            }
-        }
+        self.end_subscriptions(now, conn, None);
         // What the one who left received is no longer needed.
         let publishers: Vec<ConnId> = participant.downs.iter().map(|d| d.publisher).collect();
         self.update_dynacast(publishers);
@@ -616,7 +605,55 @@ impl Sfu {
         info.state = proto::participant_info::State::Disconnected as i32;
         info.tracks.clear();
         self.broadcast_update(&room_name, None, vec![info]);
-        let _ = now;
+    }
+
+    /// Ends every subscription to `publisher`'s tracks (or to one of them): receivers' m-lines
+    /// for them are stopped in their next offer, so their connections do not keep dead ones.
+    fn end_subscriptions(&mut self, now: Instant, publisher: ConnId, track_sid: Option<&str>) {
+        let receivers: Vec<ConnId> = self.participants.keys().copied().collect();
+        for receiver in receivers {
+            let Some(p) = self.participants.get_mut(&receiver) else {
+                continue;
+            };
+            let ends = |d: &DownTrack| {
+                d.publisher == publisher && track_sid.is_none_or(|sid| d.track_sid == sid)
+            };
+            let mut changed = false;
+            p.downs.retain_mut(|d| {
+                if !ends(d) {
+                    return true;
+                }
+                changed = true;
+                match d.state {
+                    // Never offered: nothing to stop.
+                    DownState::ToOpen => false,
+                    DownState::Negotiating(mid) | DownState::Open(mid) => {
+                        d.state = DownState::ToStop(mid);
+                        true
+                    }
+                    DownState::ToStop(_) | DownState::Stopping(_) => true,
+                }
+            });
+            if changed {
+                self.negotiate(now, receiver);
+            }
+        }
+    }
+
+    /// The publisher stopped sending a track (it unpublished it: its m-line went inactive).
+    fn unpublished(&mut self, now: Instant, conn: ConnId, mid: Mid) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let Some(index) = participant.tracks.iter().position(|t| t.mid == Some(mid)) else {
+            return;
+        };
+        let track = participant.tracks.remove(index);
+        let room = participant.room.clone();
+        let info = participant.public_info();
+        tracing::debug!(conn, track_sid = track.info.sid, "track unpublished");
+        self.broadcast_update(&room, None, vec![info]);
+        self.end_subscriptions(now, conn, Some(&track.info.sid));
     }
 
     fn members(&self, room: &str) -> Vec<ConnId> {
@@ -712,6 +749,10 @@ impl Sfu {
             return;
         }
         participant.subscriber.remote_known();
+        // Stopped m-lines are done with.
+        participant
+            .downs
+            .retain(|d| !matches!(d.state, DownState::Stopping(_)));
         let mut opened = Vec::new();
         for down in &mut participant.downs {
             if let DownState::Negotiating(mid) = down.state {
@@ -839,7 +880,16 @@ impl Sfu {
                 .filter(|(_, d)| d.state == DownState::ToOpen)
                 .map(|(i, d)| (i, d.publisher_sid.clone(), d.track_sid.clone(), d.kind))
                 .collect();
-            if !first && wanted.is_empty() {
+            let stopping: Vec<(usize, Mid)> = participant
+                .downs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| match d.state {
+                    DownState::ToStop(mid) => Some((i, mid)),
+                    _ => None,
+                })
+                .collect();
+            if !first && wanted.is_empty() && stopping.is_empty() {
                 return;
             }
             let mut api = participant.subscriber.rtc.sdp_api();
@@ -856,6 +906,10 @@ impl Sfu {
                     reliability: Reliability::MaxRetransmits { retransmits: 0 },
                     ..Default::default()
                 });
+            }
+            for (index, mid) in &stopping {
+                api.stop_media(*mid);
+                participant.downs[*index].state = DownState::Stopping(*mid);
             }
             let mut mids = Vec::new();
             for (index, publisher_sid, track_sid, kind) in wanted {
@@ -1000,6 +1054,11 @@ impl Sfu {
                 self.media_added(now, conn, added.mid, added.kind, rids)
             }
             (Side::Publisher, Event::RtpPacket(packet)) => self.forward(now, conn, packet),
+            (Side::Publisher, Event::MediaChanged(changed))
+                if matches!(changed.direction, Direction::Inactive | Direction::RecvOnly) =>
+            {
+                self.unpublished(now, conn, changed.mid)
+            }
             (Side::Subscriber, Event::KeyframeRequest(request)) => {
                 let publisher = self.participants.get(&conn).and_then(|p| {
                     p.downs

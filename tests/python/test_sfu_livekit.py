@@ -7,7 +7,8 @@ WebSocket); two participants each publish a tone (440 Hz and 660 Hz) and each he
 other's, through ICE-lite, DTLS-SRTP and the server's RTP forwarding; leaving is seen; video
 (a solid colour) arrives; a late joiner gets the tracks already published; data messages
 reach whom they are addressed to, stamped with the sender; mute is seen; a screen share is
-its own track with its source; a participant without publish permission cannot publish;
+its own track with its source, and its end is seen; a participant without publish permission
+cannot publish;
 end-to-end encrypted media passes untouched (a receiver with the key decodes it, one without
 cannot); the active speaker is announced; simulcast follows the requested quality.
 """
@@ -446,6 +447,17 @@ async def test_screen_share_is_its_own_track_with_its_source(sparks):
         colour = await asyncio.wait_for(blue(), timeout=20)
         await stream.aclose()
         assert colour[2] > 150 and colour[0] < 90, colour
+
+        # Sharing stops: the others see the track go, and the camera goes on.
+        gone = asyncio.Event()
+        bob.on("track_unpublished", lambda publication, participant:
+               publication.source == rtc.TrackSource.SOURCE_SCREENSHARE and gone.set())
+        screen_sid = next(p.sid for p in alice.local_participant.track_publications.values()
+                          if p.source == rtc.TrackSource.SOURCE_SCREENSHARE)
+        await alice.local_participant.unpublish_track(screen_sid)
+        await asyncio.wait_for(gone.wait(), timeout=10)
+        colour = await seen_colour(bob, "alice")
+        assert colour[0] > 150 and colour[2] < 90, colour
     finally:
         for task in feeders:
             task.cancel()
