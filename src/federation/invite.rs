@@ -200,22 +200,7 @@ pub fn store_membership(
 ) -> Result<()> {
     let maps = &server.maps;
     let mut batch = server.db.batch();
-    if server
-        .rooms
-        .state
-        .event_short(maps, &pdu.event_id)?
-        .is_none()
-    {
-        server
-            .rooms
-            .state
-            .intern_event(maps, &mut batch, &pdu.event_id);
-    }
-    batch.put(
-        &maps.eventid_pdu,
-        pdu.event_id.as_bytes(),
-        serde_json::to_vec(&pdu.json)?,
-    );
+    super::outlier::stage(server, &mut batch, pdu)?;
     if let Some(stripped) = stripped_state {
         batch.put(
             &maps.roomuser_invitestate,

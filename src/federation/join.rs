@@ -71,29 +71,14 @@ async fn join_via(
     content: &Map<String, Value>,
 ) -> Result<PduRef> {
     let client = &server.federation.client;
-    let versions = versions_query();
-    let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{versions}",
-        encode(room_id.as_str()),
-        encode(user.as_str())
-    );
     let started = std::time::Instant::now();
-    let answer = client
-        .send(server, remote, http::Method::GET, &path, None)
-        .await?;
+    let Template {
+        version,
+        rules,
+        event_id,
+        signed,
+    } = make_and_sign(server, remote, room_id, user, content, "join").await?;
     let make_join_ms = started.elapsed().as_millis();
-    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
-        .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
-    let rules = crate::rooms::version::rules(&version)?;
-    let (event_id, signed) = sign_template(
-        server,
-        &rules,
-        &answer["event"],
-        room_id,
-        user,
-        content,
-        "join",
-    )?;
 
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -125,6 +110,55 @@ async fn join_via(
         "joined a room over federation"
     );
     Ok(joined)
+}
+
+/// A membership event of ours, made from a resident server's template.
+struct Template {
+    version: RoomVersionId,
+    rules: RoomVersionRules,
+    event_id: OwnedEventId,
+    signed: CanonicalJsonObject,
+}
+
+/// `make_{membership}` on `remote` (telling it the room versions we support), and the
+/// template it answers with filled in and signed by us.
+async fn make_and_sign(
+    server: &Server,
+    remote: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    content: &Map<String, Value>,
+    membership: &str,
+) -> Result<Template> {
+    let path = format!(
+        "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
+        encode(room_id.as_str()),
+        encode(user.as_str()),
+        versions_query()
+    );
+    let answer = server
+        .federation
+        .client
+        .send(server, remote, http::Method::GET, &path, None)
+        .await?;
+    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+        .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
+    let rules = crate::rooms::version::rules(&version)?;
+    let (event_id, signed) = sign_template(
+        server,
+        &rules,
+        &answer["event"],
+        room_id,
+        user,
+        content,
+        membership,
+    )?;
+    Ok(Template {
+        version,
+        rules,
+        event_id,
+        signed,
+    })
 }
 
 /// `ver=6&ver=7...`: the room versions we support, for make_join and make_knock.
@@ -536,27 +570,9 @@ async fn handshake_via(
     membership: &str,
 ) -> Result<()> {
     let client = &server.federation.client;
-    let versions = versions_query();
-    let path = format!(
-        "/_matrix/federation/v1/make_{membership}/{}/{}?{versions}",
-        encode(room_id.as_str()),
-        encode(user.as_str())
-    );
-    let answer = client
-        .send(server, remote, http::Method::GET, &path, None)
-        .await?;
-    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
-        .map_err(|e| Error::bad_json(format!("room_version: {e}")))?;
-    let rules = crate::rooms::version::rules(&version)?;
-    let (event_id, signed) = sign_template(
-        server,
-        &rules,
-        &answer["event"],
-        room_id,
-        user,
-        content,
-        membership,
-    )?;
+    let Template {
+        event_id, signed, ..
+    } = make_and_sign(server, remote, room_id, user, content, membership).await?;
     let path = match membership {
         "leave" => format!(
             "/_matrix/federation/v2/send_leave/{}/{}",

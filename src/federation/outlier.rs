@@ -24,25 +24,24 @@ const CONCURRENCY: usize = 8;
 
 /// Stores a checked event without a timeline position (kept when it is already there).
 pub fn store(server: &Server, pdu: &Pdu) -> Result<()> {
-    let maps = &server.maps;
     let mut batch = server.db.batch();
-    if server
+    stage(server, &mut batch, pdu)?;
+    server.db.commit(batch)
+}
+
+/// As [`store`], into `batch` (with whatever else the caller writes alongside).
+pub fn stage(server: &Server, batch: &mut crate::storage::Batch, pdu: &Pdu) -> Result<()> {
+    let maps = &server.maps;
+    server
         .rooms
         .state
-        .event_short(maps, &pdu.event_id)?
-        .is_none()
-    {
-        server
-            .rooms
-            .state
-            .intern_event(maps, &mut batch, &pdu.event_id);
-    }
+        .event_short_or_intern(maps, batch, &pdu.event_id)?;
     batch.put(
         &maps.eventid_pdu,
         pdu.event_id.as_bytes(),
         serde_json::to_vec(&pdu.json)?,
     );
-    server.db.commit(batch)
+    Ok(())
 }
 
 /// Verifies a PDU from another server for `room_id`: id, signatures and hash (a mismatch

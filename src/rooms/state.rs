@@ -227,6 +227,20 @@ impl StateStore {
         short
     }
 
+    /// The event's short id: the one it got when it was stored before (e.g. as an outlier),
+    /// else a new one recorded in `batch`.
+    pub fn event_short_or_intern(
+        &self,
+        maps: &Maps,
+        batch: &mut Batch,
+        event_id: &OwnedEventId,
+    ) -> Result<ShortEventId> {
+        match self.event_short(maps, event_id)? {
+            Some(short) => Ok(short),
+            None => Ok(self.intern_event(maps, batch, event_id)),
+        }
+    }
+
     pub fn event_short(
         &self,
         maps: &Maps,

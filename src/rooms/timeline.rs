@@ -295,7 +295,9 @@ pub fn persist(
     let rooms = &server.rooms;
     let room_id = pdu.room_id.clone();
     let mut batch = server.db.batch();
-    let short = short_id(server, &mut batch, &pdu.event_id)?;
+    let short = rooms
+        .state
+        .event_short_or_intern(maps, &mut batch, &pdu.event_id)?;
     let (group_after, replaces_state) =
         state_after(server, &mut batch, &pdu, short, group_before, state_before)?;
     if pdu.state_key.is_some() {
@@ -471,19 +473,6 @@ pub fn persist(
     Ok(pdu)
 }
 
-/// The event's short id: the one it has when it was stored before (as an outlier), else new.
-fn short_id(
-    server: &Server,
-    batch: &mut crate::storage::Batch,
-    event_id: &OwnedEventId,
-) -> Result<u64> {
-    let state = &server.rooms.state;
-    match state.event_short(&server.maps, event_id)? {
-        Some(short) => Ok(short),
-        None => Ok(state.intern_event(&server.maps, batch, event_id)),
-    }
-}
-
 /// The state group after the event (a new one when it is a state event) and the event it
 /// replaces in the state, if any.
 fn state_after(
@@ -523,7 +512,9 @@ pub fn persist_historic(
     let maps = &server.maps;
     let rooms = &server.rooms;
     let mut batch = server.db.batch();
-    let short = short_id(server, &mut batch, &pdu.event_id)?;
+    let short = rooms
+        .state
+        .event_short_or_intern(maps, &mut batch, &pdu.event_id)?;
     let (group_after, replaces_state) =
         state_after(server, &mut batch, &pdu, short, group_before, state_before)?;
     let meta = EventMeta {

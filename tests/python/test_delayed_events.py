@@ -15,6 +15,7 @@ import pytest
 
 from harness import Homeserver, raw_request
 from test_federation_synapse import register
+from test_sfu_matrixrtc import call_room
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,13 +34,9 @@ def sparks():
 
 
 async def room_with(hs: Homeserver):
-    alice, token = await register(hs, "alice")
-    status, room = await raw_request(
-        hs, "POST", "/_matrix/client/v3/createRoom", token,
-        json={"preset": "public_chat",
-              "power_level_content_override": {"events": {CALL_MEMBER: 0}}})
-    assert status == 200, room
-    return alice, token, room["room_id"]
+    """A room where call memberships need no power (Alice created it)."""
+    room_id, (alice, token), _ = await call_room(hs)
+    return alice, token, room_id
 
 
 async def schedule_state(hs, token, room_id, key, content, delay_ms):

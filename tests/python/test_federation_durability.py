@@ -11,26 +11,20 @@ import time
 import pytest
 
 from harness import raw_request, rand_localpart
+from test_federation_security import make_room
 from test_federation_synapse import (  # noqa: F401
-    register, send_text, sparks, sync_until, sync_until_message, synapse)
+    send_text, sparks, sync_until, sync_until_message, synapse)
 
 pytestmark = pytest.mark.asyncio
 
 
 async def test_acknowledged_sends_reach_a_server_that_was_down_across_a_kill_9(synapse, sparks):  # noqa: F811
-    alice, alice_token = await register(synapse, "alice")
+    setup = await make_room(synapse, sparks)
+    room_id, alice, alice_token = setup["room"], setup["alice"], setup["alice_token"]
+    bob, bob_token = setup["bob"], setup["bob_token"]
     status, me = await raw_request(synapse, "GET", "/_matrix/client/v3/account/whoami",
                                    alice_token)
     assert status == 200, me
-    bob, bob_token = await register(sparks, "bob")
-    status, room = await raw_request(sparks, "POST", "/_matrix/client/v3/createRoom",
-                                     bob_token, json={"preset": "public_chat"})
-    assert status == 200, room
-    room_id = room["room_id"]
-    status, reply = await raw_request(synapse, "POST", f"/_matrix/client/v3/join/{room_id}",
-                                      alice_token, json={},
-                                      params={"server_name": sparks.server_name})
-    assert status == 200, reply
 
     synapse.terminate()
     status, reply = await raw_request(

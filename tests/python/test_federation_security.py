@@ -106,7 +106,8 @@ async def make_room(synapse, sparks):  # noqa: F811
                                       alice_token, json={},
                                       params={"server_name": sparks.server_name})
     assert status == 200, reply
-    return {"room": room_id, "bob": bob, "bob_token": bob_token, "alice": alice}
+    return {"room": room_id, "bob": bob, "bob_token": bob_token, "alice": alice,
+            "alice_token": alice_token}
 
 
 async def template(as_synapse: AsSynapse, sparks: Homeserver, setup: dict, sender: str,

@@ -197,11 +197,13 @@ async def test_two_participants_hear_each_other(sparks):
         await bob.disconnect()
 
 
-async def publish_colour(lk: rtc.Room, rgb: tuple[int, int, int]) -> asyncio.Task:
-    width, height = 320, 240
-    source = rtc.VideoSource(width, height)
-    track = rtc.LocalVideoTrack.create_video_track("camera", source)
-    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+async def publish_colour(lk: rtc.Room, rgb: tuple[int, int, int],
+                         kind=rtc.TrackSource.SOURCE_CAMERA, width: int = 320,
+                         height: int = 240) -> asyncio.Task:
+    screen = kind == rtc.TrackSource.SOURCE_SCREENSHARE
+    source = rtc.VideoSource(width, height, is_screencast=screen)
+    track = rtc.LocalVideoTrack.create_video_track("screen" if screen else "camera", source)
+    options = rtc.TrackPublishOptions(source=kind)
     await lk.local_participant.publish_track(track, options)
     pixel = bytes([*rgb, 255])
 
@@ -216,6 +218,11 @@ async def publish_colour(lk: rtc.Room, rgb: tuple[int, int, int]) -> asyncio.Tas
 async def seen_colour(lk: rtc.Room, from_identity: str, seconds: float = 20) -> np.ndarray:
     """The mean RGB of a frame of ``from_identity``'s video, after the first few."""
     track = await remote_track(lk, from_identity, rtc.TrackKind.KIND_VIDEO, seconds)
+    return await mean_colour(track, seconds)
+
+
+async def mean_colour(track, seconds: float = 20) -> np.ndarray:
+    """The mean RGB of a frame of a video track, after the first few."""
     stream = rtc.VideoStream(track)
     frames = 0
 
@@ -404,22 +411,12 @@ async def test_screen_share_is_its_own_track_with_its_source(sparks):
     room = rand_localpart("room")
     alice = await connect(sparks, "alice", room)
     bob = await connect(sparks, "bob", room)
-    width, height = 640, 360
     feeders = []
     try:
         feeders.append(await publish_colour(alice, (220, 30, 30)))  # the camera
-        screen = rtc.VideoSource(width, height, is_screencast=True)
-        track = rtc.LocalVideoTrack.create_video_track("screen", screen)
-        await alice.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_SCREENSHARE))
-
-        async def feed_screen():
-            frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
-                                   bytes([30, 30, 220, 255]) * (width * height))
-            while True:
-                screen.capture_frame(frame)
-                await asyncio.sleep(1 / 10)
-        feeders.append(asyncio.create_task(feed_screen()))
+        feeders.append(await publish_colour(alice, (30, 30, 220),
+                                            kind=rtc.TrackSource.SOURCE_SCREENSHARE,
+                                            width=640, height=360))
 
         deadline = time.monotonic() + 15
         sources = {}
@@ -432,20 +429,7 @@ async def test_screen_share_is_its_own_track_with_its_source(sparks):
             await asyncio.sleep(0.1)
         assert set(sources) == {rtc.TrackSource.SOURCE_CAMERA,
                                 rtc.TrackSource.SOURCE_SCREENSHARE}, sources
-        stream = rtc.VideoStream(sources[rtc.TrackSource.SOURCE_SCREENSHARE].track)
-        frames = 0
-
-        async def blue():
-            nonlocal frames
-            async for event in stream:
-                frames += 1
-                if frames < 5:
-                    continue
-                rgba = event.frame.convert(rtc.VideoBufferType.RGBA)
-                pixels = np.frombuffer(bytes(rgba.data), dtype=np.uint8).reshape(-1, 4)
-                return pixels[:, :3].mean(axis=0)
-        colour = await asyncio.wait_for(blue(), timeout=20)
-        await stream.aclose()
+        colour = await mean_colour(sources[rtc.TrackSource.SOURCE_SCREENSHARE].track)
         assert colour[2] > 150 and colour[0] < 90, colour
 
         # Sharing stops: the others see the track go, and the camera goes on.

@@ -176,22 +176,11 @@ async fn sfu_get(State(server): State<Arc<Server>>, body: Bytes) -> Response {
 }
 
 async fn get_token(State(server): State<Arc<Server>>, body: Bytes) -> Response {
-    let result = async {
+    let result: Result<String> = async {
         enabled(&server)?;
         let request: GetToken = parse(&body)?;
-        let token = &request.openid_token;
-        let user =
-            tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
-        if request.member.claimed_user_id != user.as_str() {
-            return Err(tokens::unauthorized(
-                "member.claimed_user_id is not the OpenID token's user",
-            ));
-        }
-        let identity = tokens::hashed(&[
-            user.as_str(),
-            &request.member.claimed_device_id,
-            &request.member.id,
-        ]);
+        let (user, identity) =
+            member_identity(&server, &request.openid_token, &request.member).await?;
         let room = tokens::hashed(&[request.room_id.as_str(), &request.slot_id]);
         let jwt = tokens::issue(&server, &user, &request.room_id, identity.clone(), room)?;
         delegate(
@@ -208,6 +197,23 @@ async fn get_token(State(server): State<Arc<Server>>, body: Bytes) -> Response {
         Ok(jwt) => answer(&server, jwt),
         Err(error) => error.into_response(),
     }
+}
+
+/// The user an OpenID token belongs to, who must be the member's claimed user, and the
+/// member's LiveKit identity (hash of user, device and member id, as matrix-js-sdk has it).
+async fn member_identity(
+    server: &Server,
+    token: &OpenIdToken,
+    member: &Member,
+) -> Result<(ruma::OwnedUserId, String)> {
+    let user = tokens::openid_user(server, &token.access_token, &token.matrix_server_name).await?;
+    if member.claimed_user_id != user.as_str() {
+        return Err(tokens::unauthorized(
+            "member.claimed_user_id is not the OpenID token's user",
+        ));
+    }
+    let identity = tokens::hashed(&[user.as_str(), &member.claimed_device_id, &member.id]);
+    Ok((user, identity))
 }
 
 /// Hands a delayed leave event over, when the request names one (our users only: the event
@@ -249,14 +255,8 @@ async fn delegate_delayed_leave(State(server): State<Arc<Server>>, body: Bytes) 
     let result = async {
         enabled(&server)?;
         let request: DelegateDelayedLeave = parse(&body)?;
-        let token = &request.openid_token;
-        let user =
-            tokens::openid_user(&server, &token.access_token, &token.matrix_server_name).await?;
-        if request.member.claimed_user_id != user.as_str() {
-            return Err(tokens::unauthorized(
-                "member.claimed_user_id is not the OpenID token's user",
-            ));
-        }
+        let (user, identity) =
+            member_identity(&server, &request.openid_token, &request.member).await?;
         if !server
             .rooms
             .is_joined(&server.maps, &request.room_id, &user)?
@@ -266,11 +266,6 @@ async fn delegate_delayed_leave(State(server): State<Arc<Server>>, body: Bytes) 
                 request.room_id
             )));
         }
-        let identity = tokens::hashed(&[
-            user.as_str(),
-            &request.member.claimed_device_id,
-            &request.member.id,
-        ]);
         delegate(
             &server,
             &user,
