@@ -25,10 +25,14 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn server() -> TestServer {
+    server_resuming_for(20).await
+}
+
+async fn server_resuming_for(seconds: u64) -> TestServer {
     TestServer::start_with(&format!(
         "[ratelimit]\nenabled = false\n[rtc]\napi_key = \"key\"\napi_secret = \"{SECRET}\"\n\
          turn_uris = [\"turn:turn.example.org:3478?transport=udp\"]\n\
-         turn_shared_secret = \"turn-secret\"\n"
+         turn_shared_secret = \"turn-secret\"\nresume_window_secs = {seconds}\n"
     ))
     .await
 }
@@ -54,8 +58,17 @@ fn token_for(identity: &str, room: &str, secret: &str, ttl: i64) -> String {
 }
 
 async fn connect(server: &TestServer, token: &str) -> Result<Socket, tungstenite::Error> {
+    connect_query(server, token, "").await
+}
+
+/// Connects with more query parameters (`&reconnect=1&sid=...` to resume).
+async fn connect_query(
+    server: &TestServer,
+    token: &str,
+    more: &str,
+) -> Result<Socket, tungstenite::Error> {
     let url = format!(
-        "ws://127.0.0.1:{}/livekit/sfu/rtc?access_token={token}&auto_subscribe=1",
+        "ws://127.0.0.1:{}/livekit/sfu/rtc?access_token={token}&auto_subscribe=1{more}",
         server.port
     );
     tokio_tungstenite::connect_async(url)
@@ -243,6 +256,144 @@ async fn the_room_sees_joins_leaves_and_a_replaced_session() {
     })
     .await;
     let () = gone;
+}
+
+/// Whether `ws` gets an update with `identity` disconnected within `within`.
+async fn sees_leave(ws: &mut Socket, identity: &str, within: Duration) -> bool {
+    tokio::time::timeout(
+        within,
+        expect(ws, |m| match m {
+            signal_response::Message::Update(u)
+                if u.participants.iter().any(|p| {
+                    p.identity == identity
+                        && p.state == proto::participant_info::State::Disconnected as i32
+                }) =>
+            {
+                Some(())
+            }
+            _ => None,
+        }),
+    )
+    .await
+    .is_ok()
+}
+
+async fn joined(ws: &mut Socket) -> proto::JoinResponse {
+    match next(ws).await {
+        signal_response::Message::Join(join) => join,
+        other => panic!("expected Join, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_whose_websocket_broke_is_resumed_with_what_it_missed() {
+    let server = server().await;
+    let mut alice = connect(&server, &token_for("alice", "r5", SECRET, 600))
+        .await
+        .expect("alice");
+    let _ = joined(&mut alice).await;
+    let mut bob = connect(&server, &token_for("bob", "r5", SECRET, 600))
+        .await
+        .expect("bob");
+    let bob_sid = joined(&mut bob).await.participant.expect("bob").sid;
+    let first_offer = expect(&mut bob, |m| match m {
+        signal_response::Message::Offer(offer) => Some(offer),
+        _ => None,
+    })
+    .await;
+
+    // Bob's WebSocket breaks (no Leave): he stays in the meeting, and misses Carol's arrival.
+    drop(bob);
+    assert!(!sees_leave(&mut alice, "bob", Duration::from_millis(1500)).await);
+    let mut carol = connect(&server, &token_for("carol", "r5", SECRET, 600))
+        .await
+        .expect("carol");
+    let join = joined(&mut carol).await;
+    assert_eq!(
+        join.other_participants.len(),
+        2,
+        "Bob is still in: {join:?}"
+    );
+
+    // His client resumes: ReconnectResponse first, then Carol, then the offer he never answered.
+    let mut bob = connect_query(
+        &server,
+        &token_for("bob", "r5", SECRET, 600),
+        &format!("&reconnect=1&sid={bob_sid}&reconnect_reason=1"),
+    )
+    .await
+    .expect("bob resumes");
+    match next(&mut bob).await {
+        signal_response::Message::Reconnect(reconnect) => {
+            assert_eq!(reconnect.ice_servers.len(), 1, "TURN again: {reconnect:?}")
+        }
+        other => panic!("expected ReconnectResponse first, got {other:?}"),
+    }
+    let update = expect(&mut bob, |m| match m {
+        signal_response::Message::Update(u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert!(update.participants.iter().any(|p| p.identity == "carol"));
+    let offer = expect(&mut bob, |m| match m {
+        signal_response::Message::Offer(offer) => Some(offer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offer.id, first_offer.id);
+    assert_eq!(offer.sdp, first_offer.sdp);
+    send(&mut bob, signal_request::Message::Ping(5)).await;
+    let pong = expect(&mut bob, |m| match m {
+        signal_response::Message::Pong(ts) => Some(ts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong, 5);
+
+    // A resume of a session that does not exist is told to join afresh.
+    let mut stranger = connect_query(
+        &server,
+        &token_for("dave", "r5", SECRET, 600),
+        "&reconnect=1&sid=PA_notthere",
+    )
+    .await
+    .expect("connects");
+    match next(&mut stranger).await {
+        signal_response::Message::Leave(leave) => {
+            assert_eq!(leave.action, proto::leave_request::Action::Reconnect as i32);
+            assert!(leave.can_reconnect);
+        }
+        other => panic!("expected Leave, got {other:?}"),
+    }
+    // Nor can another identity take Bob's session over.
+    let mut impostor = connect_query(
+        &server,
+        &token_for("mallory", "r5", SECRET, 600),
+        &format!("&reconnect=1&sid={bob_sid}"),
+    )
+    .await
+    .expect("connects");
+    assert!(matches!(
+        next(&mut impostor).await,
+        signal_response::Message::Leave(_)
+    ));
+    // Bob is still there for Alice.
+    assert!(!sees_leave(&mut alice, "bob", Duration::from_millis(500)).await);
+}
+
+#[tokio::test]
+async fn a_broken_session_not_resumed_in_time_leaves() {
+    let server = server_resuming_for(1).await;
+    let mut alice = connect(&server, &token_for("alice", "r6", SECRET, 600))
+        .await
+        .expect("alice");
+    let _ = joined(&mut alice).await;
+    let mut bob = connect(&server, &token_for("bob", "r6", SECRET, 600))
+        .await
+        .expect("bob");
+    let _ = joined(&mut bob).await;
+    drop(bob);
+    assert!(sees_leave(&mut alice, "bob", Duration::from_secs(5)).await);
 }
 
 #[tokio::test]

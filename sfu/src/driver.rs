@@ -23,13 +23,23 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 /// is produced once per batch).
 const BATCH: usize = 32;
 
+/// What a new session gets back: its participant, the WebSocket's generation of that
+/// participant, and its outgoing messages.
+type Attached = (ConnId, u64, mpsc::UnboundedReceiver<Vec<u8>>);
+
 enum Command {
     Join {
         params: JoinParams,
-        reply: oneshot::Sender<(ConnId, mpsc::UnboundedReceiver<Vec<u8>>)>,
+        reply: oneshot::Sender<Attached>,
+    },
+    Resume {
+        params: JoinParams,
+        sid: String,
+        reply: oneshot::Sender<Option<Attached>>,
     },
     Signal(ConnId, SignalRequest),
-    Closed(ConnId),
+    /// A WebSocket ended (its generation: a resumed session's old socket ending is no news).
+    Closed(ConnId, u64),
     RemoveMatrixMember {
         room_id: String,
         user_id: String,
@@ -47,6 +57,8 @@ pub struct SfuHandle {
 /// arrive on `messages`; it ends when that channel closes.
 pub struct Session {
     pub conn: ConnId,
+    /// Which WebSocket of the participant this is (it changes when a session is resumed).
+    pub generation: u64,
     pub messages: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
@@ -59,8 +71,28 @@ impl SfuHandle {
     pub async fn join(&self, params: JoinParams) -> Option<Session> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Join { params, reply }).ok()?;
-        let (conn, messages) = answer.await.ok()?;
-        Some(Session { conn, messages })
+        let (conn, generation, messages) = answer.await.ok()?;
+        Some(Session {
+            conn,
+            generation,
+            messages,
+        })
+    }
+
+    /// Resumes the session of participant `sid` on a new WebSocket; `None` when there is no
+    /// such session to resume.
+    pub async fn resume(&self, params: JoinParams, sid: &str) -> Option<Session> {
+        let (reply, answer) = oneshot::channel();
+        let sid = sid.to_owned();
+        self.commands
+            .send(Command::Resume { params, sid, reply })
+            .ok()?;
+        let (conn, generation, messages) = answer.await.ok()??;
+        Some(Session {
+            conn,
+            generation,
+            messages,
+        })
     }
 
     /// A message from the participant's WebSocket (undecodable ones are ignored).
@@ -73,8 +105,10 @@ impl SfuHandle {
         }
     }
 
-    pub fn closed(&self, conn: ConnId) {
-        let _ = self.commands.send(Command::Closed(conn));
+    pub fn closed(&self, session: &Session) {
+        let _ = self
+            .commands
+            .send(Command::Closed(session.conn, session.generation));
     }
 
     /// Removes, at once, every participant whose token was issued to `user_id` for the Matrix
@@ -102,6 +136,7 @@ pub struct Presence {
 pub async fn start(
     bind: SocketAddr,
     advertise: Vec<SocketAddr>,
+    resume_window: Duration,
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) -> io::Result<SfuHandle> {
     let socket = UdpSocket::bind(bind).await?;
@@ -129,7 +164,11 @@ pub async fn start(
             })
             .collect()
     };
-    let sfu = Sfu::new(SfuConfig { candidates, cert });
+    let sfu = Sfu::new(SfuConfig {
+        candidates,
+        cert,
+        resume_window,
+    });
     let (commands, receiver) = mpsc::unbounded_channel();
     tokio::spawn(run(sfu, socket, receiver, events));
     Ok(SfuHandle { commands, local })
@@ -152,7 +191,7 @@ async fn run(
         Ok(local) => local,
         Err(_) => return,
     };
-    let mut sessions: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+    let mut sessions = Sessions::default();
     let mut buf = vec![0u8; 2048];
     loop {
         flush(&mut sfu, &socket, &mut sessions, events.as_ref()).await;
@@ -186,18 +225,51 @@ async fn run(
     }
 }
 
-fn handle(
-    sfu: &mut Sfu,
-    sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
-    command: Command,
-) {
+/// The WebSocket each participant is attached to, and how many it has had.
+#[derive(Default)]
+struct Sessions {
+    open: HashMap<ConnId, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    next_generation: u64,
+}
+
+impl Sessions {
+    /// A new WebSocket for `conn` (a resumed session's replaces the old one, which ends).
+    fn attach(&mut self, conn: ConnId) -> Attached {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.next_generation += 1;
+        self.open.insert(conn, (self.next_generation, tx));
+        (conn, self.next_generation, rx)
+    }
+
+    fn send(&self, conn: ConnId, bytes: Vec<u8>) {
+        if let Some((_, tx)) = self.open.get(&conn) {
+            let _ = tx.send(bytes);
+        }
+    }
+
+    /// Whether `generation` is `conn`'s current WebSocket (then it is detached).
+    fn detach(&mut self, conn: ConnId, generation: u64) -> bool {
+        match self.open.get(&conn) {
+            Some((current, _)) if *current == generation => {
+                self.open.remove(&conn);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn handle(sfu: &mut Sfu, sessions: &mut Sessions, command: Command) {
     let now = Instant::now();
     match command {
         Command::Join { params, reply } => {
-            let (tx, rx) = mpsc::unbounded_channel();
             let conn = sfu.join(now, now_ms(), params);
-            sessions.insert(conn, tx);
-            let _ = reply.send((conn, rx));
+            let _ = reply.send(sessions.attach(conn));
+        }
+        Command::Resume { params, sid, reply } => {
+            let mut resumed = None;
+            guarded(|| resumed = sfu.resume(now, params, &sid));
+            let _ = reply.send(resumed.map(|conn| sessions.attach(conn)));
         }
         Command::Signal(conn, request) => {
             if !guarded(|| sfu.handle_signal(now, conn, request)) {
@@ -205,9 +277,10 @@ fn handle(
                 guarded(|| sfu.drop_faulty(now, conn));
             }
         }
-        Command::Closed(conn) => {
-            sessions.remove(&conn);
-            guarded(|| sfu.handle_ws_closed(now, conn));
+        Command::Closed(conn, generation) => {
+            if sessions.detach(conn, generation) {
+                guarded(|| sfu.handle_ws_closed(now, conn));
+            }
         }
         Command::RemoveMatrixMember { room_id, user_id } => {
             guarded(|| {
@@ -230,7 +303,7 @@ fn handle(
 async fn flush(
     sfu: &mut Sfu,
     socket: &UdpSocket,
-    sessions: &mut HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+    sessions: &mut Sessions,
     events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
     let _ = guarded(|| sfu.flush(Instant::now()));
@@ -241,13 +314,9 @@ async fn flush(
                     let _ = socket.send_to(&data, to).await;
                 }
             }
-            Output::Signal(conn, response) => {
-                if let Some(session) = sessions.get(&conn) {
-                    let _ = session.send(response.encode_to_vec());
-                }
-            }
+            Output::Signal(conn, response) => sessions.send(conn, response.encode_to_vec()),
             Output::Close(conn) => {
-                sessions.remove(&conn);
+                sessions.open.remove(&conn);
             }
             Output::Presence {
                 identity,

@@ -32,6 +32,8 @@ pub struct Pc {
     pub pending: Option<SdpPendingOffer>,
     /// Id of the last offer we sent (answers echo it).
     pub offer_id: u32,
+    /// The last offer we sent (sent again if a resumed client may have missed it).
+    pub offer_sdp: String,
     /// Whether the remote description is known; trickled candidates wait until it is.
     pub has_remote: bool,
     pub early_candidates: Vec<Candidate>,
@@ -73,6 +75,7 @@ impl Pc {
             rtc,
             pending: None,
             offer_id: 0,
+            offer_sdp: String::new(),
             has_remote: false,
             early_candidates: Vec::new(),
             next_timeout: now,

@@ -51,7 +51,14 @@ pub struct SfuConfig {
     pub candidates: Vec<SocketAddr>,
     /// The DTLS certificate every peer connection presents.
     pub cert: DtlsCert,
+    /// How long a participant whose WebSocket went away stays in the meeting, waiting for
+    /// its client to resume the session (zero: it leaves at once).
+    pub resume_window: Duration,
 }
+
+/// Signalling messages kept for a participant whose WebSocket is gone; a client that missed
+/// more than this rejoins instead of resuming.
+const MAX_MISSED: usize = 4096;
 
 /// What a participant joins with (from their verified token and the `/rtc` query).
 pub struct JoinParams {
@@ -285,6 +292,10 @@ struct Participant {
     offered: bool,
     /// Bandwidth towards the participant (TWCC estimate of the subscriber connection).
     estimate: Option<u64>,
+    /// While its WebSocket is gone: until when its client may resume the session.
+    signal_lost: Option<Instant>,
+    /// Signalling for it while the WebSocket is gone, sent when it resumes.
+    missed: Vec<proto::SignalResponse>,
 }
 
 impl Participant {
@@ -357,7 +368,14 @@ impl Sfu {
     pub fn next_timeout(&self) -> Option<Instant> {
         self.participants
             .values()
-            .flat_map(|p| [p.publisher.next_timeout, p.subscriber.next_timeout])
+            .flat_map(|p| {
+                [
+                    Some(p.publisher.next_timeout),
+                    Some(p.subscriber.next_timeout),
+                    p.signal_lost,
+                ]
+            })
+            .flatten()
             .chain(self.speaker_tick)
             .min()
     }
@@ -438,11 +456,6 @@ impl Sfu {
             server_info: Some(signal::server_info()),
             subscriber_primary: true,
             ice_servers: params.ice_servers,
-            // Resuming a session is not served: clients reconnect with a full join instead.
-            client_configuration: Some(proto::ClientConfiguration {
-                resume_connection: proto::ClientConfigSetting::Disabled as i32,
-                ..Default::default()
-            }),
             ping_interval: signal::PING_INTERVAL_S,
             ping_timeout: signal::PING_TIMEOUT_S,
             ..Default::default()
@@ -467,6 +480,8 @@ impl Sfu {
             publisher_channels: HashMap::new(),
             offered: false,
             estimate: None,
+            signal_lost: None,
+            missed: Vec::new(),
         };
         if params.auto_subscribe {
             participant.downs = self.existing_tracks(&room_name, conn);
@@ -527,6 +542,9 @@ impl Sfu {
             M::Mute(mute) => self.mute(conn, &mute),
             M::TrackSetting(settings) => self.track_settings(now, conn, &settings),
             M::Leave(_) => self.remove(now, conn, proto::DisconnectReason::ClientInitiated),
+            // After a resume the server still holds everything SyncState describes (it
+            // matters when a session moves between servers, which one process never does).
+            M::SyncState(_) => {}
             M::Ping(ts) => self.signal(conn, signal_response::Message::Pong(ts)),
             M::PingReq(ping) => self.signal(
                 conn,
@@ -541,10 +559,97 @@ impl Sfu {
         }
     }
 
-    /// The WebSocket went away: the participant leaves.
+    /// The WebSocket went away without a `Leave`: the participant stays (its media flows on)
+    /// for the resume window, so its client can resume the session on a new WebSocket; what
+    /// it would have been sent meanwhile is kept for then. After the window it leaves.
     pub fn handle_ws_closed(&mut self, now: Instant, conn: ConnId) {
-        if self.participants.contains_key(&conn) {
+        let window = self.config.resume_window;
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        if window.is_zero() {
             self.remove(now, conn, proto::DisconnectReason::ClientInitiated);
+        } else {
+            tracing::debug!(conn, "signalling lost: waiting for a resume");
+            participant.signal_lost = Some(now + window);
+        }
+    }
+
+    /// A client resumes its session (`/rtc?reconnect=1&sid=PA_...`, with a valid token for the
+    /// same identity and room) on a new WebSocket: `ReconnectResponse`, then what it missed,
+    /// then its subscriber connection is renegotiated (the offer it may not have answered, or
+    /// an ICE restart, as LiveKit does, in case its network changed). `None`: no such session
+    /// (the client then joins afresh).
+    pub fn resume(&mut self, now: Instant, params: JoinParams, sid: &str) -> Option<ConnId> {
+        let claims = &params.claims;
+        let conn = self.participants.iter().find_map(|(conn, p)| {
+            (p.info.sid == sid && p.info.identity == claims.sub && p.room == claims.video.room)
+                .then_some(*conn)
+        })?;
+        let participant = self.participants.get_mut(&conn)?;
+        let missed = std::mem::take(&mut participant.missed);
+        participant.signal_lost = None;
+        if missed.len() >= MAX_MISSED {
+            self.remove(now, conn, proto::DisconnectReason::StateMismatch);
+            return None;
+        }
+        self.signal(
+            conn,
+            signal_response::Message::Reconnect(proto::ReconnectResponse {
+                ice_servers: params.ice_servers,
+                server_info: Some(signal::server_info()),
+                ..Default::default()
+            }),
+        );
+        // A subscriber offer among them is the one still outstanding: sent again below.
+        for response in missed {
+            if !matches!(response.message, Some(signal_response::Message::Offer(_))) {
+                self.send(conn, response);
+            }
+        }
+        self.renegotiate_after_resume(now, conn);
+        Some(conn)
+    }
+
+    /// After a resume: the outstanding subscriber offer again (its answer, or the offer itself,
+    /// may have been lost with the old WebSocket), or else an ICE restart of the subscriber
+    /// connection.
+    fn renegotiate_after_resume(&mut self, now: Instant, conn: ConnId) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
+        let subscriber = &mut participant.subscriber;
+        let offer = if subscriber.pending.is_some() {
+            Some((subscriber.offer_sdp.clone(), subscriber.offer_id))
+        } else if participant.offered {
+            let mut api = subscriber.rtc.sdp_api();
+            api.ice_restart(true);
+            api.apply().map(|(offer, pending)| {
+                subscriber.pending = Some(pending);
+                subscriber.offer_id += 1;
+                subscriber.offer_sdp = offer.to_sdp_string();
+                (subscriber.offer_sdp.clone(), subscriber.offer_id)
+            })
+        } else {
+            None
+        };
+        if let Some((sdp, id)) = offer {
+            self.send(conn, signal::offer(sdp, id));
+            self.drive(now, conn, Side::Subscriber);
+        }
+    }
+
+    /// Participants whose resume window ran out leave.
+    fn expire_lost_signalling(&mut self, now: Instant) {
+        let expired: Vec<ConnId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.signal_lost.is_some_and(|until| until <= now))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in expired {
+            tracing::debug!(conn, "not resumed in time: leaves");
+            self.remove(now, conn, proto::DisconnectReason::SignalClose);
         }
     }
 
@@ -664,8 +769,20 @@ impl Sfu {
     }
 
     fn signal(&mut self, conn: ConnId, message: signal_response::Message) {
-        self.out
-            .push_back(Output::Signal(conn, Box::new(signal::response(message))));
+        self.send(conn, signal::response(message));
+    }
+
+    /// A message for a participant's WebSocket, or kept for when it resumes if that is gone.
+    fn send(&mut self, conn: ConnId, response: proto::SignalResponse) {
+        if let Some(participant) = self.participants.get_mut(&conn)
+            && participant.signal_lost.is_some()
+        {
+            if participant.missed.len() < MAX_MISSED {
+                participant.missed.push(response);
+            }
+            return;
+        }
+        self.out.push_back(Output::Signal(conn, Box::new(response)));
     }
 
     /// Sends a `ParticipantUpdate` to everyone in the room (but `except`).
@@ -677,10 +794,7 @@ impl Sfu {
     ) {
         for member in self.members(room) {
             if Some(member) != except {
-                self.out.push_back(Output::Signal(
-                    member,
-                    Box::new(signal::update(infos.clone())),
-                ));
+                self.send(member, signal::update(infos.clone()));
             }
         }
     }
@@ -706,10 +820,7 @@ impl Sfu {
                     answer = sdp,
                     "publisher negotiation"
                 );
-                self.out.push_back(Output::Signal(
-                    conn,
-                    Box::new(signal::answer(sdp, offer.id)),
-                ));
+                self.send(conn, signal::answer(sdp, offer.id));
                 self.drive(now, conn, Side::Publisher);
             }
             Err(error) => tracing::info!(conn, %error, "publisher offer refused"),
@@ -932,10 +1043,13 @@ impl Sfu {
             participant.offered = true;
             participant.subscriber.pending = Some(pending);
             participant.subscriber.offer_id += 1;
-            (offer.to_sdp_string(), participant.subscriber.offer_id)
+            participant.subscriber.offer_sdp = offer.to_sdp_string();
+            (
+                participant.subscriber.offer_sdp.clone(),
+                participant.subscriber.offer_id,
+            )
         };
-        self.out
-            .push_back(Output::Signal(conn, Box::new(signal::offer(offer, id))));
+        self.send(conn, signal::offer(offer, id));
         self.drive(now, conn, Side::Subscriber);
     }
 
@@ -1002,6 +1116,7 @@ impl Sfu {
             }
             _ => {}
         }
+        self.expire_lost_signalling(now);
         let due: Vec<(ConnId, Side)> = self
             .participants
             .iter()
@@ -1515,15 +1630,14 @@ impl Sfu {
             let Some(p) = self.participants.get_mut(&publisher) else {
                 continue;
             };
+            let mut messages = Vec::new();
             for (index, wanted, update) in updates {
                 tracing::debug!(publisher, track_sid = update.track_sid, ?wanted, "dynacast");
                 p.tracks[index].announced = Some(wanted);
-                self.out.push_back(Output::Signal(
-                    publisher,
-                    Box::new(signal::response(
-                        signal_response::Message::SubscribedQualityUpdate(update),
-                    )),
-                ));
+                messages.push(signal_response::Message::SubscribedQualityUpdate(update));
+            }
+            for message in messages {
+                self.signal(publisher, message);
             }
         }
     }
@@ -1578,14 +1692,12 @@ impl Sfu {
                 active: false,
             }));
             for member in self.members(&room) {
-                self.out.push_back(Output::Signal(
+                self.signal(
                     member,
-                    Box::new(signal::response(signal_response::Message::SpeakersChanged(
-                        proto::SpeakersChanged {
-                            speakers: speakers.clone(),
-                        },
-                    ))),
-                ));
+                    signal_response::Message::SpeakersChanged(proto::SpeakersChanged {
+                        speakers: speakers.clone(),
+                    }),
+                );
             }
         }
     }

@@ -24,6 +24,9 @@ pub struct RtcConfig {
     /// derived from `turn_shared_secret` (coturn's REST API scheme).
     pub turn_uris: Vec<String>,
     pub turn_shared_secret: String,
+    /// How long a participant whose signalling connection broke stays in the meeting for its
+    /// client to resume the session (0: it leaves at once).
+    pub resume_window_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -36,6 +39,7 @@ impl Default for RtcConfig {
             api_secret: String::new(),
             turn_uris: Vec::new(),
             turn_shared_secret: String::new(),
+            resume_window_secs: 20,
         }
     }
 }

@@ -90,8 +90,9 @@ pub async fn start(server: &Arc<Server>) {
     let bind = SocketAddr::new(ip, config.udp_port);
     let advertised = config.public_ip.unwrap_or_else(|| advertised_ip(ip));
     let (events, presence) = tokio::sync::mpsc::unbounded_channel();
-    match sparks_sfu::driver::start(bind, vec![SocketAddr::new(advertised, 0)], Some(events)).await
-    {
+    let resume_window = std::time::Duration::from_secs(config.resume_window_secs);
+    let advertise = vec![SocketAddr::new(advertised, 0)];
+    match sparks_sfu::driver::start(bind, advertise, resume_window, Some(events)).await {
         Ok(handle) => {
             tracing::info!(udp = %handle.local_addr(), advertised = %advertised, "SFU ready");
             let _ = server.rtc.handle.set(handle);

@@ -2,7 +2,9 @@
 ``chromium``), two pages in a meeting on Sparks' SFU, one publishing Chromium's fake camera
 and microphone, the other decoding them (tests/browser/call.mjs; ``npm ci`` there first).
 The client runs with its default options, so it also exercises the fallback from the
-single-peer-connection protocol (``/rtc/v1``, 404 here) to ``/rtc``.
+single-peer-connection protocol (``/rtc/v1``, 404 here) to ``/rtc``. Both pages then resume
+their sessions after their WebSockets break, the way the client recovers from a network blip:
+media goes on, nobody leaves, and what happened during the gap (a mute) reaches the page.
 """
 
 from __future__ import annotations
@@ -44,3 +46,9 @@ def test_chromium_pages_exchange_camera_and_microphone(sparks):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["from"] == "camera", result
     assert result["framesDecoded"] > 30 and result["audioPackets"] > 20, result
+    resumed = result["resumed"]
+    assert resumed["viewer"]["sameSid"] and resumed["camera"]["sameSid"], result
+    assert resumed["mutedSeen"], "the mute during the viewer's gap did not reach it"
+    assert resumed["afterViewer"] and resumed["afterCamera"], "video stopped after a resume"
+    assert resumed["left"] == [], result
+    print(result)

@@ -102,6 +102,12 @@ async fn rtc(
     let auto_subscribe = query
         .get("auto_subscribe")
         .is_none_or(|v| v == "1" || v == "true");
+    // A client resuming its session after its WebSocket broke names the participant.
+    let resume = query
+        .get("reconnect")
+        .filter(|v| *v == "1" || *v == "true")
+        .and(query.get("sid"))
+        .cloned();
     let ice_servers = crate::rtc::ice_servers(&server, &claims.sub);
     let refresh = Refresh {
         claims: claims.clone(),
@@ -120,6 +126,7 @@ async fn rtc(
                 ice_servers,
             },
             refresh,
+            resume,
         )
     })
 }
@@ -158,15 +165,42 @@ impl Refresh {
     }
 }
 
+/// A `Leave` telling a client whose session cannot be resumed to join afresh, as LiveKit
+/// answers a resume it cannot serve.
+fn rejoin_instead() -> Vec<u8> {
+    use prost::Message as _;
+    livekit_protocol::SignalResponse {
+        message: Some(livekit_protocol::signal_response::Message::Leave(
+            livekit_protocol::LeaveRequest {
+                can_reconnect: true,
+                reason: livekit_protocol::DisconnectReason::StateMismatch as i32,
+                action: livekit_protocol::leave_request::Action::Reconnect as i32,
+                ..Default::default()
+            },
+        )),
+    }
+    .encode_to_vec()
+}
+
 /// Relays one participant's signalling between its WebSocket and the SFU until either ends,
-/// renewing the participant's token before it expires.
+/// renewing the participant's token before it expires. `resume`: the participant whose
+/// session this WebSocket resumes.
 async fn session(
     mut socket: WebSocket,
     handle: SfuHandle,
     params: JoinParams,
     mut refresh: Refresh,
+    resume: Option<String>,
 ) {
-    let Some(mut session) = handle.join(params).await else {
+    let attached = match &resume {
+        Some(sid) => handle.resume(params, sid).await,
+        None => handle.join(params).await,
+    };
+    let Some(mut session) = attached else {
+        if resume.is_some() {
+            let _ = socket.send(Message::Binary(rejoin_instead().into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+        }
         return;
     };
     let conn = session.conn;
@@ -205,5 +239,5 @@ async fn session(
             },
         }
     }
-    handle.closed(conn);
+    handle.closed(&session);
 }
