@@ -133,10 +133,16 @@ pub struct Presence {
 /// Binds the UDP socket and starts the SFU task. `advertise` are the addresses clients are
 /// told to send media to (the bound address when it is a concrete one); `events` gets
 /// participants' comings and goings.
+/// How the SFU behaves (from `[rtc]`).
+pub struct Tuning {
+    pub resume_window: Duration,
+    pub estimate_bandwidth: bool,
+}
+
 pub async fn start(
     bind: SocketAddr,
     advertise: Vec<SocketAddr>,
-    resume_window: Duration,
+    tuning: Tuning,
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) -> io::Result<SfuHandle> {
     let socket = UdpSocket::bind(bind).await?;
@@ -164,13 +170,17 @@ pub async fn start(
             })
             .collect()
     };
+    // Datagrams count as arriving at the advertised address: behind 1:1 NAT they reach the
+    // bound one, and ICE only answers checks sent to one of its own candidates.
+    let arrival = candidates.first().copied().unwrap_or(local);
     let sfu = Sfu::new(SfuConfig {
         candidates,
         cert,
-        resume_window,
+        resume_window: tuning.resume_window,
+        estimate_bandwidth: tuning.estimate_bandwidth,
     });
     let (commands, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(run(sfu, socket, receiver, events));
+    tokio::spawn(run(sfu, socket, arrival, receiver, events));
     Ok(SfuHandle { commands, local })
 }
 
@@ -184,13 +194,10 @@ fn now_ms() -> i64 {
 async fn run(
     mut sfu: Sfu,
     socket: UdpSocket,
+    local: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) {
-    let local = match socket.local_addr() {
-        Ok(local) => local,
-        Err(_) => return,
-    };
     let mut sessions = Sessions::default();
     let mut buf = vec![0u8; 2048];
     loop {

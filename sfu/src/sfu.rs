@@ -36,11 +36,6 @@ pub type ConnId = u64;
 
 /// Keyframe requests to a publisher, at most one per track in this time.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
-/// Whether receivers' bandwidth is estimated (TWCC) to cap their simulcast layer. Off: with
-/// str0m's estimator and pacer on every subscriber connection the SFU used ~40% more CPU per
-/// packet and, at 100 participants on 2 cores, its pacer queues grew to seconds
-/// (benches/sfu). The layer choice below already takes an estimate when there is one.
-const ESTIMATE_BANDWIDTH: bool = false;
 /// What an audio track is assumed to need when sharing bandwidth out (Opus with headers).
 const AUDIO_BITRATE: u64 = 64_000;
 /// Least bandwidth kept for video while the estimator probes for more.
@@ -54,6 +49,9 @@ pub struct SfuConfig {
     /// How long a participant whose WebSocket went away stays in the meeting, waiting for
     /// its client to resume the session (zero: it leaves at once).
     pub resume_window: Duration,
+    /// Whether each receiver's bandwidth is estimated (TWCC, with str0m's pacer) to cap the
+    /// simulcast layer it gets. It costs CPU per forwarded packet (see benches/sfu).
+    pub estimate_bandwidth: bool,
 }
 
 /// Signalling messages kept for a participant whose WebSocket is gone; a client that missed
@@ -172,6 +170,29 @@ struct UpTrack {
     last_pli: HashMap<Option<Rid>, Instant>,
     /// Layers (of `rids`) last announced to the publisher as wanted (dynacast).
     announced: Option<Vec<bool>>,
+    /// What each layer measures arriving (bits/s over the last second).
+    rates: HashMap<Option<Rid>, LayerRate>,
+}
+
+/// Bits per second of one layer as it arrives, over whole seconds.
+#[derive(Default)]
+struct LayerRate {
+    since: Option<Instant>,
+    bytes: u64,
+    bps: u64,
+}
+
+impl LayerRate {
+    fn add(&mut self, now: Instant, bytes: usize) {
+        let since = *self.since.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= Duration::from_secs(1) {
+            self.bps = self.bytes * 8 * 1000 / (elapsed.as_millis() as u64).max(1);
+            self.bytes = 0;
+            self.since = Some(now);
+        }
+        self.bytes += bytes as u64;
+    }
 }
 
 impl UpTrack {
@@ -208,18 +229,20 @@ impl UpTrack {
         by_name.or_else(|| self.rids.get(index).copied())
     }
 
-    /// (layer, bitrate the client announced for it) lowest first; 0 when not announced.
+    /// (layer, bitrate) lowest first: what the client announced for it or what it measures
+    /// arriving, whichever is more; 0 when neither is known yet.
     fn layer_bitrates(&self) -> Vec<(Rid, u64)> {
         #[allow(deprecated)]
         let layers = &self.info.layers;
         self.rids
             .iter()
             .map(|rid| {
-                let bitrate = layers
+                let announced = layers
                     .iter()
                     .find(|l| self.rid_for(l.quality, 0, 0) == Some(*rid))
                     .map_or(0, |l| u64::from(l.bitrate));
-                (*rid, bitrate)
+                let measured = self.rates.get(&Some(*rid)).map_or(0, |r| r.bps);
+                (*rid, announced.max(measured))
             })
             .collect()
     }
@@ -471,7 +494,7 @@ impl Sfu {
                 now,
                 &self.config.cert,
                 &self.config.candidates,
-                ESTIMATE_BANDWIDTH,
+                self.config.estimate_bandwidth,
             ),
             pending: Vec::new(),
             tracks: Vec::new(),
@@ -1197,6 +1220,7 @@ impl Sfu {
                 Side::Subscriber,
                 Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }),
             ) => {
+                tracing::trace!(conn, %estimate, "receiver bandwidth");
                 if let Some(p) = self.participants.get_mut(&conn) {
                     p.estimate = Some(estimate.as_u64());
                 }
@@ -1276,6 +1300,7 @@ impl Sfu {
             rids,
             last_pli: HashMap::new(),
             announced: None,
+            rates: HashMap::new(),
         };
         let top = track.top_rid();
         tracing::debug!(conn, %mid, rids = ?track.rids, "track media bound");
@@ -1334,6 +1359,13 @@ impl Sfu {
         if let Some(level) = packet.header.ext_vals.audio_level {
             track.meter.add(level);
         }
+        // RTP header and UDP/IP overhead included: it all takes the receiver's bandwidth.
+        const OVERHEAD: usize = 12 + 28;
+        track
+            .rates
+            .entry(rid)
+            .or_default()
+            .add(now, packet.payload.len() + OVERHEAD);
         let track_sid = track.info.sid.clone();
         let kind = track.kind;
         let Some(params) = participant
@@ -1532,6 +1564,7 @@ impl Sfu {
                 .iter()
                 .find(|(rid, _)| *rid == requested)
                 .map_or(0, |(_, bitrate)| *bitrate);
+            tracing::trace!(conn, ?layers, ?budget, "fitting layers");
             plan.push((index, fit(&layers, requested, budget)));
         }
         let Some(participant) = self.participants.get_mut(&conn) else {

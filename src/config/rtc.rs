@@ -27,6 +27,8 @@ pub struct RtcConfig {
     /// How long a participant whose signalling connection broke stays in the meeting for its
     /// client to resume the session (0: it leaves at once).
     pub resume_window_secs: u64,
+    /// Estimate each receiver's bandwidth (TWCC) and send it the simulcast layer that fits.
+    pub bandwidth_estimation: bool,
 }
 
 impl Default for RtcConfig {
@@ -40,6 +42,7 @@ impl Default for RtcConfig {
             turn_uris: Vec::new(),
             turn_shared_secret: String::new(),
             resume_window_secs: 20,
+            bandwidth_estimation: true,
         }
     }
 }

@@ -90,9 +90,12 @@ pub async fn start(server: &Arc<Server>) {
     let bind = SocketAddr::new(ip, config.udp_port);
     let advertised = config.public_ip.unwrap_or_else(|| advertised_ip(ip));
     let (events, presence) = tokio::sync::mpsc::unbounded_channel();
-    let resume_window = std::time::Duration::from_secs(config.resume_window_secs);
+    let tuning = sparks_sfu::driver::Tuning {
+        resume_window: std::time::Duration::from_secs(config.resume_window_secs),
+        estimate_bandwidth: config.bandwidth_estimation,
+    };
     let advertise = vec![SocketAddr::new(advertised, 0)];
-    match sparks_sfu::driver::start(bind, advertise, resume_window, Some(events)).await {
+    match sparks_sfu::driver::start(bind, advertise, tuning, Some(events)).await {
         Ok(handle) => {
             tracing::info!(udp = %handle.local_addr(), advertised = %advertised, "SFU ready");
             let _ = server.rtc.handle.set(handle);

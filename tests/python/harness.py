@@ -73,18 +73,21 @@ class Homeserver:
     context manager."""
 
     def __init__(self, impl: str | None = None, server_name: str | None = None,
-                 federation_ip: str | None = None, federation_extra: str = ""):
+                 federation_ip: str | None = None, federation_extra: str = "",
+                 rtc_extra: str = ""):
         """With ``federation_ip`` (an address in 127.0.0.0/8 of its own) the server also
         federates: its name is ``<ip>:<federation port>`` (an IP literal with an explicit
         port, so no discovery is needed), TLS is self-signed and peers' certificates are not
         checked, and loopback peers are allowed (see ../shared/reference/federation-loopback.md).
         ``server_name`` then replaces the IP-literal name (other servers must find it through
-        DNS); ``federation_extra`` is appended to Sparks' ``[federation]`` section."""
+        DNS); ``federation_extra`` is appended to Sparks' ``[federation]`` section,
+        ``rtc_extra`` to its ``[rtc]`` section."""
         self.impl = impl or hs_impl()
         self.ip = federation_ip or "127.0.0.1"
         self.port = free_port(self.ip)
         self.federation_port = free_port(self.ip) if federation_ip else None
         self.federation_extra = federation_extra
+        self.rtc_extra = rtc_extra
         self.udp_port = free_udp_port(self.ip)
         if federation_ip:
             self.server_name = server_name or f"{federation_ip}:{self.federation_port}"
@@ -124,6 +127,7 @@ class Homeserver:
             f"udp_port = {self.udp_port}\n"
             f"api_key = {q(RTC_API_KEY)}\n"
             f"api_secret = {q(RTC_API_SECRET)}\n"
+            + self.rtc_extra
             + ("\n[federation]\nverify_certificates = false\nip_range_denylist = []\n"
                + self.federation_extra
                if self.federation_port else "")
