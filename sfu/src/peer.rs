@@ -18,7 +18,7 @@ use str0m::{
 };
 
 /// Which of a participant's two connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     /// The participant sends on it (it offers, we answer).
     Publisher,

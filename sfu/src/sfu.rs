@@ -3,7 +3,7 @@
 //! world must do comes out of [`Sfu::poll_output`].
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -352,6 +352,11 @@ pub struct Sfu {
     dirty: Vec<ConnId>,
     /// Publishers whose receivers switched layers (dynacast to update at the next flush).
     switched: Vec<ConnId>,
+    /// Every connection's next timer, soonest first: a wake-up finds what is due without
+    /// looking at every participant (with bandwidth estimation, timers fire every few ms).
+    timers: BTreeSet<(Instant, ConnId, Side)>,
+    /// Participants whose WebSocket is gone, by the end of their resume window.
+    lost: BTreeSet<(Instant, ConnId)>,
 }
 
 impl Sfu {
@@ -366,6 +371,8 @@ impl Sfu {
             speaker_tick: None,
             dirty: Vec::new(),
             switched: Vec::new(),
+            timers: BTreeSet::new(),
+            lost: BTreeSet::new(),
         }
     }
 
@@ -389,18 +396,14 @@ impl Sfu {
 
     /// When [`Sfu::handle_timeout`] should next be called.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.participants
-            .values()
-            .flat_map(|p| {
-                [
-                    Some(p.publisher.next_timeout),
-                    Some(p.subscriber.next_timeout),
-                    p.signal_lost,
-                ]
-            })
-            .flatten()
-            .chain(self.speaker_tick)
-            .min()
+        [
+            self.timers.first().map(|(at, _, _)| *at),
+            self.lost.first().map(|(at, _)| *at),
+            self.speaker_tick,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn participant_count(&self) -> usize {
@@ -514,6 +517,10 @@ impl Sfu {
             matrix: participant.matrix.clone(),
             joined: true,
         });
+        self.timers
+            .insert((participant.publisher.next_timeout, conn, Side::Publisher));
+        self.timers
+            .insert((participant.subscriber.next_timeout, conn, Side::Subscriber));
         self.participants.insert(conn, participant);
         self.negotiate(now, conn);
         let newcomer = self.participants[&conn].public_info();
@@ -595,6 +602,7 @@ impl Sfu {
         } else {
             tracing::debug!(conn, "signalling lost: waiting for a resume");
             participant.signal_lost = Some(now + window);
+            self.lost.insert((now + window, conn));
         }
     }
 
@@ -611,7 +619,9 @@ impl Sfu {
         })?;
         let participant = self.participants.get_mut(&conn)?;
         let missed = std::mem::take(&mut participant.missed);
-        participant.signal_lost = None;
+        if let Some(until) = participant.signal_lost.take() {
+            self.lost.remove(&(until, conn));
+        }
         if missed.len() >= MAX_MISSED {
             self.remove(now, conn, proto::DisconnectReason::StateMismatch);
             return None;
@@ -664,13 +674,11 @@ impl Sfu {
 
     /// Participants whose resume window ran out leave.
     fn expire_lost_signalling(&mut self, now: Instant) {
-        let expired: Vec<ConnId> = self
-            .participants
-            .iter()
-            .filter(|(_, p)| p.signal_lost.is_some_and(|until| until <= now))
-            .map(|(conn, _)| *conn)
-            .collect();
-        for conn in expired {
+        while let Some(&(until, conn)) = self.lost.first() {
+            if until > now {
+                break;
+            }
+            self.lost.pop_first();
             tracing::debug!(conn, "not resumed in time: leaves");
             self.remove(now, conn, proto::DisconnectReason::SignalClose);
         }
@@ -716,6 +724,13 @@ impl Sfu {
         });
         participant.publisher.rtc.disconnect();
         participant.subscriber.rtc.disconnect();
+        self.timers
+            .remove(&(participant.publisher.next_timeout, conn, Side::Publisher));
+        self.timers
+            .remove(&(participant.subscriber.next_timeout, conn, Side::Subscriber));
+        if let Some(until) = participant.signal_lost {
+            self.lost.remove(&(until, conn));
+        }
         self.by_source.retain(|_, (c, _)| *c != conn);
         let room_name = participant.room.clone();
         if let Some(room) = self.rooms.get_mut(&room_name) {
@@ -1140,18 +1155,14 @@ impl Sfu {
             _ => {}
         }
         self.expire_lost_signalling(now);
-        let due: Vec<(ConnId, Side)> = self
-            .participants
-            .iter()
-            .flat_map(|(c, p)| {
-                [
-                    (*c, Side::Publisher, p.publisher.next_timeout),
-                    (*c, Side::Subscriber, p.subscriber.next_timeout),
-                ]
-            })
-            .filter(|(_, _, at)| *at <= now)
-            .map(|(c, s, _)| (c, s))
-            .collect();
+        let mut due = Vec::new();
+        while let Some(&(at, conn, side)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            due.push((conn, side));
+            self.timers.pop_first();
+        }
         for (conn, side) in due {
             if let Some(participant) = self.participants.get_mut(&conn) {
                 participant.pc(side).timeout(now);
@@ -1166,9 +1177,13 @@ impl Sfu {
             return;
         };
         let out = &mut self.out;
+        let before = participant.pc(side).next_timeout;
         let events = participant.pc(side).drain(now, |_, to, data| {
             out.push_back(Output::Transmit { to, data })
         });
+        let after = participant.pc(side).next_timeout;
+        self.timers.remove(&(before, conn, side));
+        self.timers.insert((after, conn, side));
         let alive = participant.pc(side).rtc.is_alive();
         for event in events {
             self.on_event(now, conn, side, event);
@@ -1549,7 +1564,7 @@ impl Sfu {
             .estimate
             .map(|e| e.saturating_sub(audios * AUDIO_BITRATE) / videos);
         let mut plan = Vec::new();
-        let mut desired = audios * AUDIO_BITRATE;
+        let mut desired_video = 0;
         for (index, down) in participant.downs.iter().enumerate() {
             let (Some(requested), MediaKind::Video) = (down.requested, down.kind) else {
                 continue;
@@ -1560,7 +1575,7 @@ impl Sfu {
                 .and_then(|p| p.tracks.iter().find(|t| t.info.sid == down.track_sid))
                 .map(UpTrack::layer_bitrates)
                 .unwrap_or_default();
-            desired += layers
+            desired_video += layers
                 .iter()
                 .find(|(rid, _)| *rid == requested)
                 .map_or(0, |(_, bitrate)| *bitrate);
@@ -1570,12 +1585,22 @@ impl Sfu {
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
         };
-        if desired > 0 {
-            participant.subscriber.rtc.bwe().set_bitrate(
-                str0m::bwe::Bitrate::from(desired.min(MIN_VIDEO_BITRATE + audios * AUDIO_BITRATE)),
-                str0m::bwe::Bitrate::from(desired),
-            );
-        }
+        // str0m pads up to the minimum and probes towards the desired rate. Only video needs
+        // the estimate: a receiver of audio alone is not padded (that would multiply its
+        // packets for nothing).
+        let audio = audios * AUDIO_BITRATE;
+        let (minimum, desired) = if desired_video == 0 {
+            (0, 0)
+        } else {
+            (
+                desired_video.min(MIN_VIDEO_BITRATE) + audio,
+                desired_video + audio,
+            )
+        };
+        participant.subscriber.rtc.bwe().set_bitrate(
+            str0m::bwe::Bitrate::from(minimum),
+            str0m::bwe::Bitrate::from(desired),
+        );
         let mut keyframes = Vec::new();
         for (index, target) in plan {
             let down = &mut participant.downs[index];
