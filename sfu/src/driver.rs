@@ -137,6 +137,7 @@ pub struct Presence {
 pub struct Tuning {
     pub resume_window: Duration,
     pub estimate_bandwidth: bool,
+    pub allow_pause: bool,
 }
 
 pub async fn start(
@@ -178,6 +179,7 @@ pub async fn start(
         cert,
         resume_window: tuning.resume_window,
         estimate_bandwidth: tuning.estimate_bandwidth,
+        allow_pause: tuning.allow_pause,
     });
     let (commands, receiver) = mpsc::unbounded_channel();
     tokio::spawn(run(sfu, socket, arrival, receiver, events));

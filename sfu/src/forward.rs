@@ -83,7 +83,7 @@ pub struct Forwarding {
     current: Option<Option<Rid>>,
     /// The layer the receiver should get (simulcast only).
     pub target: Option<Rid>,
-    /// The receiver asked for nothing (`UpdateTrackSettings.disabled`).
+    /// Nothing is forwarded (the receiver disabled the track, or its link is congested).
     pub paused: bool,
     seq_offset: i64,
     ts_offset: u32,
@@ -113,6 +113,15 @@ impl Forwarding {
             target,
             ..Default::default()
         }
+    }
+
+    /// Stops or resumes forwarding. A resumed layer starts again at a keyframe (simulcast),
+    /// continuing the sequence numbers where they stopped.
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused && !self.paused {
+            self.current = None;
+        }
+        self.paused = paused;
     }
 
     /// The layer now forwarded, if any.

@@ -52,16 +52,36 @@ pub struct SfuConfig {
     /// Whether each receiver's bandwidth is estimated (TWCC, with str0m's pacer) to cap the
     /// simulcast layer it gets. It costs CPU per forwarded packet (see benches/sfu).
     pub estimate_bandwidth: bool,
+    /// Whether receivers' video may be paused when not even its lowest layer fits their
+    /// bandwidth, for clients that do not say (LiveKit's `congestion_control.allow_pause`).
+    pub allow_pause: bool,
 }
 
 /// Signalling messages kept for a participant whose WebSocket is gone; a client that missed
 /// more than this rejoins instead of resuming.
 const MAX_MISSED: usize = 4096;
 
+/// Whether a receiver's video is to be paused: its `budget` (bits/s) does not carry even the
+/// lowest layer. A paused one resumes only with a quarter to spare, so that it does not flap
+/// while the estimate hovers around the layer's bitrate.
+fn congested(layers: &[(Rid, u64)], budget: u64, paused: bool) -> bool {
+    let Some(&(_, lowest)) = layers.first() else {
+        return false;
+    };
+    if paused {
+        budget < lowest + lowest / 4
+    } else {
+        budget < lowest
+    }
+}
+
 /// What a participant joins with (from their verified token and the `/rtc` query).
 pub struct JoinParams {
     pub claims: Claims,
     pub auto_subscribe: bool,
+    /// Whether its video may be paused when its link is congested (`subscriber_allow_pause`;
+    /// `None`: the server's default).
+    pub allow_pause: Option<bool>,
     /// TURN servers (with credentials) for this participant.
     pub ice_servers: Vec<proto::IceServer>,
 }
@@ -294,6 +314,17 @@ struct DownTrack {
     requested: Option<Rid>,
     /// Layer choice and sequence/timestamp rewriting for this receiver.
     forwarding: Forwarding,
+    /// The receiver disabled it (`UpdateTrackSettings.disabled`).
+    disabled: bool,
+    /// Paused because not even its lowest layer fits the receiver's bandwidth (only for
+    /// receivers that allow it; they get `StreamStateUpdate`s).
+    congested: bool,
+}
+
+impl DownTrack {
+    fn update_paused(&mut self) {
+        self.forwarding.set_paused(self.disabled || self.congested);
+    }
 }
 
 struct Participant {
@@ -315,6 +346,8 @@ struct Participant {
     offered: bool,
     /// Bandwidth towards the participant (TWCC estimate of the subscriber connection).
     estimate: Option<u64>,
+    /// Whether its video may be paused when its link is congested.
+    allow_pause: bool,
     /// While its WebSocket is gone: until when its client may resume the session.
     signal_lost: Option<Instant>,
     /// Signalling for it while the WebSocket is gone, sent when it resumes.
@@ -506,6 +539,7 @@ impl Sfu {
             publisher_channels: HashMap::new(),
             offered: false,
             estimate: None,
+            allow_pause: params.allow_pause.unwrap_or(self.config.allow_pause),
             signal_lost: None,
             missed: Vec::new(),
         };
@@ -549,6 +583,8 @@ impl Sfu {
                         state: DownState::ToOpen,
                         requested: t.top_rid(),
                         forwarding: Forwarding::new(t.top_rid()),
+                        disabled: false,
+                        congested: false,
                     })
             })
             .collect()
@@ -1348,6 +1384,8 @@ impl Sfu {
                 state: DownState::ToOpen,
                 requested: top,
                 forwarding: Forwarding::new(top),
+                disabled: false,
+                congested: false,
             });
             self.negotiate(now, member);
         }
@@ -1537,7 +1575,8 @@ impl Sfu {
             else {
                 continue;
             };
-            down.forwarding.paused = settings.disabled;
+            down.disabled = settings.disabled;
+            down.update_paused();
             if rid.is_some() {
                 down.requested = rid;
             }
@@ -1555,7 +1594,7 @@ impl Sfu {
         let videos = participant
             .downs
             .iter()
-            .filter(|d| d.kind == MediaKind::Video && !d.forwarding.paused)
+            .filter(|d| d.kind == MediaKind::Video && !d.disabled)
             .count()
             .max(1) as u64;
         let audios = participant.downs.len() as u64 - videos.min(participant.downs.len() as u64);
@@ -1580,7 +1619,9 @@ impl Sfu {
                 .find(|(rid, _)| *rid == requested)
                 .map_or(0, |(_, bitrate)| *bitrate);
             tracing::trace!(conn, ?layers, ?budget, "fitting layers");
-            plan.push((index, fit(&layers, requested, budget)));
+            let congested = participant.allow_pause
+                && budget.is_some_and(|budget| congested(&layers, budget, down.congested));
+            plan.push((index, fit(&layers, requested, budget), congested));
         }
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
@@ -1602,8 +1643,23 @@ impl Sfu {
             str0m::bwe::Bitrate::from(desired),
         );
         let mut keyframes = Vec::new();
-        for (index, target) in plan {
+        let mut states = Vec::new();
+        for (index, target, congested) in plan {
             let down = &mut participant.downs[index];
+            if down.congested != congested {
+                tracing::debug!(conn, track_sid = down.track_sid, congested, "stream state");
+                down.congested = congested;
+                down.update_paused();
+                states.push(proto::StreamStateInfo {
+                    participant_sid: down.publisher_sid.clone(),
+                    track_sid: down.track_sid.clone(),
+                    state: if congested {
+                        proto::StreamState::Paused
+                    } else {
+                        proto::StreamState::Active
+                    } as i32,
+                });
+            }
             if down.forwarding.target != Some(target) {
                 tracing::debug!(conn, track_sid = down.track_sid, %target, "layer for receiver");
                 down.forwarding.target = Some(target);
@@ -1615,6 +1671,14 @@ impl Sfu {
                     down.forwarding.target,
                 ));
             }
+        }
+        if !states.is_empty() {
+            self.signal(
+                conn,
+                signal_response::Message::StreamStateUpdate(proto::StreamStateUpdate {
+                    stream_states: states,
+                }),
+            );
         }
         // A new layer starts at its next keyframe: ask for one now.
         for (publisher, track_sid, rid) in keyframes {
@@ -1843,5 +1907,33 @@ impl Sfu {
             }
             self.drive(now, member, Side::Subscriber);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_pauses_below_the_lowest_layer_and_resumes_with_room_to_spare() {
+        let layers = [(Rid::from("q"), 150_000), (Rid::from("h"), 500_000)];
+        assert!(!congested(&layers, 200_000, false));
+        assert!(congested(&layers, 100_000, false));
+        // Paused: 160 kbit/s would fit the layer, but not with a quarter to spare.
+        assert!(congested(&layers, 160_000, true));
+        assert!(!congested(&layers, 190_000, true));
+        assert!(!congested(&[], 0, false));
+    }
+
+    #[test]
+    fn a_layer_rate_is_measured_over_whole_seconds() {
+        let start = Instant::now();
+        let mut rate = LayerRate::default();
+        for i in 0..50 {
+            rate.add(start + Duration::from_millis(i * 20), 1_000);
+        }
+        assert_eq!(rate.bps, 0, "no whole second yet");
+        rate.add(start + Duration::from_millis(1_000), 1_000);
+        assert_eq!(rate.bps, 400_000);
     }
 }

@@ -29,6 +29,9 @@ pub struct RtcConfig {
     pub resume_window_secs: u64,
     /// Estimate each receiver's bandwidth (TWCC) and send it the simulcast layer that fits.
     pub bandwidth_estimation: bool,
+    /// Pause a receiver's video when not even its lowest layer fits its bandwidth (clients
+    /// that send `subscriber_allow_pause` decide for themselves). Off, as in LiveKit.
+    pub allow_pause: bool,
 }
 
 impl Default for RtcConfig {
@@ -43,6 +46,7 @@ impl Default for RtcConfig {
             turn_shared_secret: String::new(),
             resume_window_secs: 20,
             bandwidth_estimation: true,
+            allow_pause: false,
         }
     }
 }

@@ -93,6 +93,7 @@ pub async fn start(server: &Arc<Server>) {
     let tuning = sparks_sfu::driver::Tuning {
         resume_window: std::time::Duration::from_secs(config.resume_window_secs),
         estimate_bandwidth: config.bandwidth_estimation,
+        allow_pause: config.allow_pause,
     };
     let advertise = vec![SocketAddr::new(advertised, 0)];
     match sparks_sfu::driver::start(bind, advertise, tuning, Some(events)).await {

@@ -5,6 +5,9 @@ The client runs with its default options, so it also exercises the fallback from
 single-peer-connection protocol (``/rtc/v1``, 404 here) to ``/rtc``. Both pages then resume
 their sessions after their WebSockets break, the way the client recovers from a network blip:
 media goes on, nobody leaves, and what happened during the gap (a mute) reaches the page.
+A page that allows pausing (``subscriberAllowPause``) on a link too slow for even the lowest
+simulcast layer (tests/browser/congestion.mjs, through udp_shaper.py) is told its video is
+paused, and active again once the link recovers.
 """
 
 from __future__ import annotations
@@ -51,4 +54,33 @@ def test_chromium_pages_exchange_camera_and_microphone(sparks):
     assert resumed["mutedSeen"], "the mute during the viewer's gap did not reach it"
     assert resumed["afterViewer"] and resumed["afterCamera"], "video stopped after a resume"
     assert resumed["left"] == [], result
+    print(result)
+
+
+RELAY_IP = "127.0.0.8"
+
+
+@pytest.fixture(scope="module")
+def sparks_behind_relay():
+    """Sparks advertising a UDP relay's address for media (udp_shaper.py, which the script
+    starts), as behind 1:1 NAT."""
+    hs = Homeserver("sparks", rtc_extra=f'public_ip = "{RELAY_IP}"\n')
+    hs.start()
+    try:
+        yield hs
+    finally:
+        hs.stop()
+
+
+def test_a_congested_browser_is_told_its_video_is_paused_then_resumed(sparks_behind_relay):
+    hs = sparks_behind_relay
+    room = rand_localpart("room")
+    url = f"ws://{hs.ip}:{hs.port}/livekit/sfu"
+    run = subprocess.run(
+        ["node", str(BROWSER_DIR / "congestion.mjs"), url, make_token("camera", room),
+         make_token("viewer", room), RELAY_IP, str(hs.udp_port), hs.ip],
+        capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, f"stdout: {run.stdout}\nstderr: {run.stderr[-3000:]}"
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["states"][:1] == ["paused"] and "active" in result["states"], result
     print(result)

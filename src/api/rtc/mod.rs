@@ -102,6 +102,9 @@ async fn rtc(
     let auto_subscribe = query
         .get("auto_subscribe")
         .is_none_or(|v| v == "1" || v == "true");
+    let allow_pause = query
+        .get("subscriber_allow_pause")
+        .map(|v| v == "1" || v == "true");
     // A client resuming its session after its WebSocket broke names the participant.
     let resume = query
         .get("reconnect")
@@ -123,6 +126,7 @@ async fn rtc(
             JoinParams {
                 claims,
                 auto_subscribe,
+                allow_pause,
                 ice_servers,
             },
             refresh,

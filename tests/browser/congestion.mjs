@@ -1,0 +1,139 @@
+// A receiver on a congested link, in headless Chromium with livekit-client: page A publishes
+// Chromium's fake camera (simulcast) and microphone; page B joins with
+// `subscriberAllowPause: true` and receives it through a UDP relay (udp_shaper.py, started
+// here) that limits what reaches the browsers. When the link cannot carry even the lowest
+// layer, the SFU must pause B's video and tell it (`TrackStreamStateChanged` → paused); when
+// the link recovers, resume it (→ active) and frames must be decoded again.
+//
+// Usage: node congestion.mjs <ws url> <token A> <token B> <relay ip> <udp port> <sfu ip>
+// Prints {"states": [...], "framesAfter": n, ...} and exits 0 when all of that held.
+
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const [url, tokenA, tokenB, relayIp, udpPort, sfuIp] = process.argv.slice(2);
+const here = path.dirname(new URL(import.meta.url).pathname);
+const lib = fs.readFileSync(path.join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js'));
+const page = '<!doctype html><html><body><script src="/livekit-client.js"></script></body></html>';
+
+// The relay, limited through its stdin ("rate <bits/s>" / "rate none", answered "ok").
+const shaper = spawn(process.env.PYTHON || 'python3',
+  [path.join(here, '..', 'python', 'udp_shaper.py'), relayIp, udpPort, sfuIp, udpPort],
+  { stdio: ['pipe', 'pipe', 'inherit'] });
+const shaperLines = readline.createInterface({ input: shaper.stdout })[Symbol.asyncIterator]();
+const shaperSays = async () => (await shaperLines.next()).value;
+if ((await shaperSays()) !== 'ready') throw new Error('the UDP shaper did not start');
+const limit = async (rate) => {
+  shaper.stdin.write(`rate ${rate ?? 'none'}\n`);
+  if ((await shaperSays()) !== 'ok') throw new Error('the UDP shaper did not take the limit');
+};
+
+const server = http.createServer((request, response) => {
+  if (request.url === '/livekit-client.js') {
+    response.writeHead(200, { 'content-type': 'text/javascript' });
+    response.end(lib);
+  } else {
+    response.writeHead(200, { 'content-type': 'text/html' });
+    response.end(page);
+  }
+});
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const base = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection',
+    '--autoplay-policy=no-user-gesture-required',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+
+let ok = false;
+const result = {};
+try {
+  const receiver = await (await browser.newContext()).newPage();
+  const sender = await (await browser.newContext()).newPage();
+  for (const p of [receiver, sender]) {
+    p.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
+    await p.goto(base);
+  }
+  await sender.evaluate(async ([url, token]) => {
+    const room = new LivekitClient.Room();
+    await room.connect(url, token);
+    await room.localParticipant.enableCameraAndMicrophone();
+    window.room = room;
+  }, [url, tokenA]);
+  result.framesBefore = await receiver.evaluate(async ([url, token]) => {
+    // adaptiveStream off: the client would otherwise ask for nothing for a video that is not
+    // shown on the page.
+    const room = new LivekitClient.Room({ adaptiveStream: false });
+    window.states = [];
+    room.on(LivekitClient.RoomEvent.TrackStreamStateChanged, (pub, state) => {
+      if (pub.kind === 'video') window.states.push(state);
+    });
+    const video = new Promise((resolve) => {
+      room.on(LivekitClient.RoomEvent.TrackSubscribed, (track) => {
+        if (track.kind === 'video') resolve(track);
+      });
+    });
+    await room.connect(url, token, { subscriberAllowPause: true });
+    window.room = room;
+    window.video = await Promise.race([
+      video,
+      new Promise((_, reject) => setTimeout(() => reject(new Error('no video within 30 s')), 30000)),
+    ]);
+    window.frames = async () => {
+      for (const r of (await window.video.receiver.getStats()).values()) {
+        if (r.type === 'inbound-rtp') return r.framesDecoded || 0;
+      }
+      return 0;
+    };
+    const deadline = Date.now() + 30000;
+    while (Date.now() < deadline && (await window.frames()) < 30) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    return window.frames();
+  }, [url, tokenB]);
+
+  // Waits until page B has seen stream state `state` (up to `seconds`).
+  const seen = (state, seconds) => receiver.evaluate(async ([state, seconds]) => {
+    const deadline = Date.now() + seconds * 1000;
+    while (Date.now() < deadline) {
+      if (window.states.includes(state)) return true;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    return false;
+  }, [state, seconds]);
+
+  await limit(60000);
+  result.paused = await seen('paused', 40);
+  result.statesWhileSlow = await receiver.evaluate(() => [...window.states]);
+  await limit(null);
+  result.active = await seen('active', 60);
+  const framesResumed = await receiver.evaluate(() => window.frames());
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  result.framesAfter = (await receiver.evaluate(() => window.frames())) - framesResumed;
+  result.states = await receiver.evaluate(() => window.states);
+  ok = result.framesBefore >= 30 && result.paused && result.active && result.framesAfter > 10;
+} catch (error) {
+  console.error(String(error && error.stack || error));
+} finally {
+  console.log(JSON.stringify(result));
+  await browser.close();
+  server.close();
+  shaper.kill();
+}
+process.exit(ok ? 0 : 1);
