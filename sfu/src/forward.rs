@@ -77,7 +77,7 @@ impl Vp8Ids {
 }
 
 /// One receiver's view of one track.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Forwarding {
     /// The layer being forwarded (`Some(None)`: a track without simulcast).
     current: Option<Option<Rid>>,

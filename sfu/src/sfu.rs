@@ -302,6 +302,7 @@ enum DownState {
 }
 
 /// A track a participant receives from another.
+#[derive(Clone)]
 struct DownTrack {
     publisher: ConnId,
     /// The publisher's participant sid: clients find who a track is from by the stream id
@@ -322,6 +323,27 @@ struct DownTrack {
 }
 
 impl DownTrack {
+    /// A new subscription of a receiver to `track` of `publisher`, to be offered.
+    fn new(publisher: ConnId, publisher_sid: &str, track: &UpTrack) -> Self {
+        let top = track.top_rid();
+        Self {
+            publisher,
+            publisher_sid: publisher_sid.to_owned(),
+            track_sid: track.info.sid.clone(),
+            kind: track.kind,
+            state: DownState::ToOpen,
+            requested: top,
+            forwarding: Forwarding::new(top),
+            disabled: false,
+            congested: false,
+        }
+    }
+
+    /// Whether it is (or is about to be) received, rather than on its way out.
+    fn live(&self) -> bool {
+        !matches!(self.state, DownState::ToStop(_) | DownState::Stopping(_))
+    }
+
     fn update_paused(&mut self) {
         self.forwarding.set_paused(self.disabled || self.congested);
     }
@@ -348,6 +370,8 @@ struct Participant {
     estimate: Option<u64>,
     /// Whether its video may be paused when its link is congested.
     allow_pause: bool,
+    /// Whether it gets every track published (else the ones it asks for).
+    auto_subscribe: bool,
     /// While its WebSocket is gone: until when its client may resume the session.
     signal_lost: Option<Instant>,
     /// Signalling for it while the WebSocket is gone, sent when it resumes.
@@ -540,6 +564,7 @@ impl Sfu {
             offered: false,
             estimate: None,
             allow_pause: params.allow_pause.unwrap_or(self.config.allow_pause),
+            auto_subscribe: params.auto_subscribe,
             signal_lost: None,
             missed: Vec::new(),
         };
@@ -575,17 +600,7 @@ impl Sfu {
                 p.tracks
                     .iter()
                     .filter(|t| t.mid.is_some())
-                    .map(move |t| DownTrack {
-                        publisher: c,
-                        publisher_sid: p.info.sid.clone(),
-                        track_sid: t.info.sid.clone(),
-                        kind: t.kind,
-                        state: DownState::ToOpen,
-                        requested: t.top_rid(),
-                        forwarding: Forwarding::new(t.top_rid()),
-                        disabled: false,
-                        congested: false,
-                    })
+                    .map(move |t| DownTrack::new(c, &p.info.sid, t))
             })
             .collect()
     }
@@ -607,6 +622,7 @@ impl Sfu {
             M::AddTrack(add) => self.add_track(conn, add),
             M::Mute(mute) => self.mute(conn, &mute),
             M::TrackSetting(settings) => self.track_settings(now, conn, &settings),
+            M::Subscription(update) => self.update_subscription(now, conn, &update),
             M::Leave(_) => self.remove(now, conn, proto::DisconnectReason::ClientInitiated),
             // After a resume the server still holds everything SyncState describes (it
             // matters when a session moves between servers, which one process never does).
@@ -1031,6 +1047,72 @@ impl Sfu {
         );
     }
 
+    /// The participant subscribes to tracks or unsubscribes from them (by track sid).
+    fn update_subscription(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        update: &proto::UpdateSubscription,
+    ) {
+        let Some(participant) = self.participants.get(&conn) else {
+            return;
+        };
+        let sids: Vec<&String> = update
+            .track_sids
+            .iter()
+            .chain(update.participant_tracks.iter().flat_map(|p| &p.track_sids))
+            .collect();
+        let may = participant
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_subscribe);
+        let mut publishers = Vec::new();
+        if update.subscribe && may {
+            let new: Vec<DownTrack> = self
+                .members(&participant.room)
+                .into_iter()
+                .filter(|c| *c != conn)
+                .filter_map(|c| self.participants.get(&c).map(|p| (c, p)))
+                .flat_map(|(c, p)| {
+                    p.tracks
+                        .iter()
+                        .filter(|t| t.mid.is_some() && sids.contains(&&t.info.sid))
+                        .map(move |t| DownTrack::new(c, &p.info.sid, t))
+                })
+                .filter(|d| {
+                    !participant
+                        .downs
+                        .iter()
+                        .any(|o| o.live() && o.track_sid == d.track_sid)
+                })
+                .collect();
+            publishers.extend(new.iter().map(|d| d.publisher));
+            if let Some(participant) = self.participants.get_mut(&conn) {
+                participant.downs.extend(new);
+            }
+        } else if !update.subscribe
+            && let Some(participant) = self.participants.get_mut(&conn)
+        {
+            participant.downs.retain_mut(|d| {
+                if !sids.contains(&&d.track_sid) {
+                    return true;
+                }
+                publishers.push(d.publisher);
+                match d.state {
+                    DownState::ToOpen => false,
+                    DownState::Negotiating(mid) | DownState::Open(mid) => {
+                        d.state = DownState::ToStop(mid);
+                        true
+                    }
+                    DownState::ToStop(_) | DownState::Stopping(_) => true,
+                }
+            });
+        }
+        self.negotiate(now, conn);
+        self.update_dynacast(publishers);
+    }
+
     fn mute(&mut self, conn: ConnId, mute: &proto::MuteTrackRequest) {
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
@@ -1342,7 +1424,6 @@ impl Sfu {
             "f" => 2,
             _ => 3,
         });
-        let sid = info.sid.clone();
         let track = UpTrack {
             info,
             meter: Default::default(),
@@ -1353,11 +1434,11 @@ impl Sfu {
             announced: None,
             rates: HashMap::new(),
         };
-        let top = track.top_rid();
+        // What each receiver's subscription starts as.
+        let template = DownTrack::new(conn, &participant.info.sid, &track);
         tracing::debug!(conn, %mid, rids = ?track.rids, "track media bound");
         participant.tracks.push(track);
         let room = participant.room.clone();
-        let publisher_sid = participant.info.sid.clone();
         let public = participant.public_info();
         // Everyone learns of the track before any offer carries it (else clients drop it).
         self.broadcast_update(&room, None, vec![public]);
@@ -1368,25 +1449,16 @@ impl Sfu {
             let Some(other) = self.participants.get_mut(&member) else {
                 continue;
             };
-            if !other
+            let may = other
                 .info
                 .permission
                 .as_ref()
-                .is_some_and(|p| p.can_subscribe)
-            {
+                .is_some_and(|p| p.can_subscribe);
+            // Without auto-subscription the client asks for tracks (UpdateSubscription).
+            if !may || !other.auto_subscribe {
                 continue;
             }
-            other.downs.push(DownTrack {
-                publisher: conn,
-                publisher_sid: publisher_sid.clone(),
-                track_sid: sid.clone(),
-                kind,
-                state: DownState::ToOpen,
-                requested: top,
-                forwarding: Forwarding::new(top),
-                disabled: false,
-                congested: false,
-            });
+            other.downs.push(template.clone());
             self.negotiate(now, member);
         }
     }

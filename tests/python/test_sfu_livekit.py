@@ -10,7 +10,8 @@ reach whom they are addressed to, stamped with the sender; mute is seen; a scree
 its own track with its source, and its end is seen; a participant without publish permission
 cannot publish;
 end-to-end encrypted media passes untouched (a receiver with the key decodes it, one without
-cannot); the active speaker is announced; simulcast follows the requested quality (VP8 and
+cannot); without auto-subscription tracks come when subscribed to and go when unsubscribed;
+the active speaker is announced; simulcast follows the requested quality (VP8 and
 H.264).
 """
 
@@ -67,13 +68,13 @@ def sfu_url(hs: Homeserver) -> str:
 
 
 async def connect(hs: Homeserver, identity: str, room: str, key: bytes | None = None,
-                  dynacast: bool = False, **grant) -> rtc.Room:
+                  dynacast: bool = False, auto_subscribe: bool = True, **grant) -> rtc.Room:
     lk = rtc.Room()
     encryption = (rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
                   if key else None)
     await asyncio.wait_for(
         lk.connect(sfu_url(hs), make_token(identity, room, **grant),
-                   rtc.RoomOptions(auto_subscribe=True, single_peer_connection=False,
+                   rtc.RoomOptions(auto_subscribe=auto_subscribe, single_peer_connection=False,
                                    encryption=encryption, dynacast=dynacast)),
         timeout=20)
     return lk
@@ -309,6 +310,37 @@ async def test_h264_and_vp9_video_arrives(sparks, codec):
         publication = next(p for p in next(iter(bob.remote_participants.values()))
                            .track_publications.values() if p.kind == rtc.TrackKind.KIND_VIDEO)
         assert publication.mime_type.lower() == f"video/{codec.lower()}", publication.mime_type
+    finally:
+        feeder.cancel()
+        await alice.disconnect()
+        await bob.disconnect()
+
+
+async def test_without_auto_subscription_tracks_come_when_asked_for(sparks):
+    # Bob joins without auto-subscription: he learns of Alice's tone but receives it only
+    # once he subscribes (UpdateSubscription), and unsubscribing ends it.
+    room = rand_localpart("room")
+    alice = await connect(sparks, "alice", room)
+    bob = await connect(sparks, "bob", room, auto_subscribe=False)
+    feeder = await publish_tone(alice, 550)
+    try:
+        deadline = time.monotonic() + 15
+        publication = None
+        while time.monotonic() < deadline and publication is None:
+            publication = next((p for participant in bob.remote_participants.values()
+                                for p in participant.track_publications.values()), None)
+            await asyncio.sleep(0.1)
+        assert publication is not None, "Bob never learnt of the track"
+        await asyncio.sleep(1.5)
+        assert publication.track is None, "subscribed without asking"
+
+        publication.set_subscribed(True)
+        assert abs(await heard_frequency(bob, "alice") - 550) < 20
+
+        gone = asyncio.Event()
+        bob.on("track_unsubscribed", lambda track, pub, participant: gone.set())
+        publication.set_subscribed(False)
+        await asyncio.wait_for(gone.wait(), timeout=10)
     finally:
         feeder.cancel()
         await alice.disconnect()
