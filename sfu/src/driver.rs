@@ -11,6 +11,7 @@ use std::{
 use livekit_protocol::SignalRequest;
 use prost::Message as _;
 use tokio::{
+    io::Interest,
     net::UdpSocket,
     sync::{mpsc, oneshot},
 };
@@ -201,9 +202,17 @@ async fn run(
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) {
     let mut sessions = Sessions::default();
+    let mut outbox = Outbox::new(&socket);
     let mut buf = vec![0u8; 2048];
     loop {
-        flush(&mut sfu, &socket, &mut sessions, events.as_ref()).await;
+        flush(
+            &mut sfu,
+            &socket,
+            &mut outbox,
+            &mut sessions,
+            events.as_ref(),
+        )
+        .await;
         let now = Instant::now();
         let deadline = sfu
             .next_timeout()
@@ -312,17 +321,14 @@ fn handle(sfu: &mut Sfu, sessions: &mut Sessions, command: Command) {
 async fn flush(
     sfu: &mut Sfu,
     socket: &UdpSocket,
+    outbox: &mut Outbox,
     sessions: &mut Sessions,
     events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
     let _ = guarded(|| sfu.flush(Instant::now()));
     while let Some(output) = sfu.poll_output() {
         match output {
-            Output::Transmit { to, data } => {
-                if socket.try_send_to(&data, to).is_err() {
-                    let _ = socket.send_to(&data, to).await;
-                }
-            }
+            Output::Transmit { to, data } => outbox.push(socket, to, &data).await,
             Output::Signal(conn, response) => sessions.send(conn, response.encode_to_vec()),
             Output::Close(conn) => {
                 sessions.open.remove(&conn);
@@ -341,6 +347,111 @@ async fn flush(
                 }
             }
         }
+    }
+    outbox.send(socket).await;
+}
+
+/// Most datagrams in one segmented send (the kernel's limit is 64) and most bytes.
+const MAX_SEGMENTS: usize = 64;
+const MAX_SEGMENTED_BYTES: usize = 60_000;
+
+/// Datagrams on their way out. A receiver's output comes as a run of datagrams to one address,
+/// mostly of one size (video packets fill the MTU; one codec's audio packets are alike): such a
+/// run goes out in one system call with UDP segmentation offload (GSO) where the kernel offers
+/// it, instead of one `sendto` each.
+struct Outbox {
+    gso: Option<quinn_udp::UdpSocketState>,
+    /// The run being gathered: its address, datagram size, datagrams back to back.
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    buf: Vec<u8>,
+}
+
+impl Outbox {
+    fn new(socket: &UdpSocket) -> Self {
+        let gso = quinn_udp::UdpSocketState::new(socket.into())
+            .ok()
+            .filter(|state| state.max_gso_segments() > 1);
+        tracing::debug!(gso = gso.is_some(), "UDP send path");
+        Self {
+            gso,
+            to: None,
+            segment: 0,
+            count: 0,
+            buf: Vec::with_capacity(MAX_SEGMENTED_BYTES),
+        }
+    }
+
+    /// Adds a datagram: it joins the run when it goes to the same address with the same size
+    /// (or a smaller one, which ends the run); otherwise the run goes out and a new one starts.
+    async fn push(&mut self, socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
+        let Some(gso) = &self.gso else {
+            send_one(socket, to, data).await;
+            return;
+        };
+        let limit = gso.max_gso_segments().min(MAX_SEGMENTS);
+        let joins = self.to == Some(to)
+            && data.len() <= self.segment
+            && self.count < limit
+            && self.buf.len() + data.len() <= MAX_SEGMENTED_BYTES;
+        if !joins {
+            self.send(socket).await;
+            self.to = Some(to);
+            self.segment = data.len();
+        }
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+        if data.len() < self.segment {
+            self.send(socket).await;
+        }
+    }
+
+    /// Sends the run gathered so far.
+    async fn send(&mut self, socket: &UdpSocket) {
+        let (Some(to), Some(gso)) = (self.to.take(), &self.gso) else {
+            return;
+        };
+        if self.count > 1 {
+            let transmit = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: Some(self.segment),
+                src_ip: None,
+            };
+            let sent = loop {
+                match socket.try_io(Interest::WRITABLE, || {
+                    gso.try_send(socket.into(), &transmit)
+                }) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if socket.writable().await.is_err() {
+                            break false;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "segmented send failed: one by one");
+                        break false;
+                    }
+                    Ok(()) => break true,
+                }
+            };
+            if !sent {
+                for datagram in self.buf.chunks(self.segment) {
+                    send_one(socket, to, datagram).await;
+                }
+            }
+        } else {
+            send_one(socket, to, &self.buf).await;
+        }
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
+async fn send_one(socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
+    if socket.try_send_to(data, to).is_err() {
+        let _ = socket.send_to(data, to).await;
     }
 }
 
