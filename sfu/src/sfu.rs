@@ -62,12 +62,9 @@ pub struct SfuConfig {
 const MAX_MISSED: usize = 4096;
 
 /// Whether a receiver's video is to be paused: its `budget` (bits/s) does not carry even the
-/// lowest layer. A paused one resumes only with a quarter to spare, so that it does not flap
+/// `lowest` layer (bits/s; 0 when not known, which never pauses). A paused one resumes only with a quarter to spare, so that it does not flap
 /// while the estimate hovers around the layer's bitrate.
-fn congested(layers: &[(Rid, u64)], budget: u64, paused: bool) -> bool {
-    let Some(&(_, lowest)) = layers.first() else {
-        return false;
-    };
+fn congested(lowest: u64, budget: u64, paused: bool) -> bool {
     if paused {
         budget < lowest + lowest / 4
     } else {
@@ -1677,23 +1674,37 @@ impl Sfu {
         let mut plan = Vec::new();
         let mut desired_video = 0;
         for (index, down) in participant.downs.iter().enumerate() {
-            let (Some(requested), MediaKind::Video) = (down.requested, down.kind) else {
+            if down.kind != MediaKind::Video {
                 continue;
-            };
-            let layers = self
+            }
+            let Some(track) = self
                 .participants
                 .get(&down.publisher)
                 .and_then(|p| p.tracks.iter().find(|t| t.info.sid == down.track_sid))
-                .map(UpTrack::layer_bitrates)
-                .unwrap_or_default();
-            desired_video += layers
-                .iter()
-                .find(|(rid, _)| *rid == requested)
-                .map_or(0, |(_, bitrate)| *bitrate);
-            tracing::trace!(conn, ?layers, ?budget, "fitting layers");
+            else {
+                continue;
+            };
+            // Simulcast: the layer that fits. One layer: all or (when congested) nothing.
+            let (target, wanted, lowest) = match down.requested {
+                Some(requested) => {
+                    let layers = track.layer_bitrates();
+                    tracing::trace!(conn, ?layers, ?budget, "fitting layers");
+                    let wanted = layers
+                        .iter()
+                        .find(|(rid, _)| *rid == requested)
+                        .map_or(0, |(_, bitrate)| *bitrate);
+                    let lowest = layers.first().map_or(0, |(_, bitrate)| *bitrate);
+                    (Some(fit(&layers, requested, budget)), wanted, lowest)
+                }
+                None => {
+                    let bitrate = track.rates.get(&None).map_or(0, |r| r.bps);
+                    (None, bitrate, bitrate)
+                }
+            };
+            desired_video += wanted;
             let congested = participant.allow_pause
-                && budget.is_some_and(|budget| congested(&layers, budget, down.congested));
-            plan.push((index, fit(&layers, requested, budget), congested));
+                && budget.is_some_and(|budget| congested(lowest, budget, down.congested));
+            plan.push((index, target, congested));
         }
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
@@ -1722,6 +1733,10 @@ impl Sfu {
                 tracing::debug!(conn, track_sid = down.track_sid, congested, "stream state");
                 down.congested = congested;
                 down.update_paused();
+                if !congested && target.is_none() && !down.forwarding.paused {
+                    // One layer resumes at once: from a keyframe, if the decoder is to use it.
+                    keyframes.push((down.publisher, down.track_sid.clone(), None));
+                }
                 states.push(proto::StreamStateInfo {
                     participant_sid: down.publisher_sid.clone(),
                     track_sid: down.track_sid.clone(),
@@ -1732,6 +1747,9 @@ impl Sfu {
                     } as i32,
                 });
             }
+            let Some(target) = target else {
+                continue;
+            };
             if down.forwarding.target != Some(target) {
                 tracing::debug!(conn, track_sid = down.track_sid, %target, "layer for receiver");
                 down.forwarding.target = Some(target);
@@ -1988,13 +2006,13 @@ mod tests {
 
     #[test]
     fn congestion_pauses_below_the_lowest_layer_and_resumes_with_room_to_spare() {
-        let layers = [(Rid::from("q"), 150_000), (Rid::from("h"), 500_000)];
-        assert!(!congested(&layers, 200_000, false));
-        assert!(congested(&layers, 100_000, false));
+        let lowest = 150_000;
+        assert!(!congested(lowest, 200_000, false));
+        assert!(congested(lowest, 100_000, false));
         // Paused: 160 kbit/s would fit the layer, but not with a quarter to spare.
-        assert!(congested(&layers, 160_000, true));
-        assert!(!congested(&layers, 190_000, true));
-        assert!(!congested(&[], 0, false));
+        assert!(congested(lowest, 160_000, true));
+        assert!(!congested(lowest, 190_000, true));
+        assert!(!congested(0, 0, false));
     }
 
     #[test]

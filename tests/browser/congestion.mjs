@@ -5,7 +5,10 @@
 // layer, the SFU must pause B's video and tell it (`TrackStreamStateChanged` → paused); when
 // the link recovers, resume it (→ active) and frames must be decoded again.
 //
-// Usage: node congestion.mjs <ws url> <token A> <token B> <relay ip> <udp port> <sfu ip>
+// With a seventh argument `single`, A's camera is published without simulcast (one layer,
+// as screen shares usually are).
+//
+// Usage: node congestion.mjs <ws url> <token A> <token B> <relay ip> <udp port> <sfu ip> [single]
 // Prints {"states": [...], "framesAfter": n, ...} and exits 0 when all of that held.
 
 import { chromium } from 'playwright-core';
@@ -15,7 +18,7 @@ import http from 'node:http';
 import path from 'node:path';
 import readline from 'node:readline';
 
-const [url, tokenA, tokenB, relayIp, udpPort, sfuIp] = process.argv.slice(2);
+const [url, tokenA, tokenB, relayIp, udpPort, sfuIp, layers] = process.argv.slice(2);
 const here = path.dirname(new URL(import.meta.url).pathname);
 const lib = fs.readFileSync(path.join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js'));
 const page = '<!doctype html><html><body><script src="/livekit-client.js"></script></body></html>';
@@ -70,12 +73,12 @@ try {
     p.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
     await p.goto(base);
   }
-  await sender.evaluate(async ([url, token]) => {
-    const room = new LivekitClient.Room();
+  await sender.evaluate(async ([url, token, simulcast]) => {
+    const room = new LivekitClient.Room({ publishDefaults: { simulcast } });
     await room.connect(url, token);
     await room.localParticipant.enableCameraAndMicrophone();
     window.room = room;
-  }, [url, tokenA]);
+  }, [url, tokenA, layers !== 'single']);
   result.framesBefore = await receiver.evaluate(async ([url, token]) => {
     // adaptiveStream off: the client would otherwise ask for nothing for a video that is not
     // shown on the page.
@@ -123,9 +126,15 @@ try {
   result.statesWhileSlow = await receiver.evaluate(() => [...window.states]);
   await limit(null);
   result.active = await seen('active', 60);
-  const framesResumed = await receiver.evaluate(() => window.frames());
-  await new Promise((resolve) => setTimeout(resolve, 3000));
-  result.framesAfter = (await receiver.evaluate(() => window.frames())) - framesResumed;
+  // Video is decoded again (more than 10 frames within 15 s).
+  result.framesAfter = await receiver.evaluate(async () => {
+    const resumed = await window.frames();
+    const deadline = Date.now() + 15000;
+    while (Date.now() < deadline && (await window.frames()) - resumed <= 10) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    return (await window.frames()) - resumed;
+  });
   result.states = await receiver.evaluate(() => window.states);
   ok = result.framesBefore >= 30 && result.paused && result.active && result.framesAfter > 10;
 } catch (error) {

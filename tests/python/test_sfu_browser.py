@@ -6,7 +6,7 @@ single-peer-connection protocol (``/rtc/v1``, 404 here) to ``/rtc``. Both pages 
 their sessions after their WebSockets break, the way the client recovers from a network blip:
 media goes on, nobody leaves, and what happened during the gap (a mute) reaches the page.
 A page that allows pausing (``subscriberAllowPause``) on a link too slow for even the lowest
-simulcast layer (tests/browser/congestion.mjs, through udp_shaper.py) is told its video is
+simulcast layer (or for a video sent without simulcast) (tests/browser/congestion.mjs, through udp_shaper.py) is told its video is
 paused, and active again once the link recovers.
 """
 
@@ -72,13 +72,15 @@ def sparks_behind_relay():
         hs.stop()
 
 
-def test_a_congested_browser_is_told_its_video_is_paused_then_resumed(sparks_behind_relay):
+@pytest.mark.parametrize("layers", ["simulcast", "single"])
+def test_a_congested_browser_is_told_its_video_is_paused_then_resumed(sparks_behind_relay,
+                                                                       layers):
     hs = sparks_behind_relay
     room = rand_localpart("room")
     url = f"ws://{hs.ip}:{hs.port}/livekit/sfu"
     run = subprocess.run(
         ["node", str(BROWSER_DIR / "congestion.mjs"), url, make_token("camera", room),
-         make_token("viewer", room), RELAY_IP, str(hs.udp_port), hs.ip],
+         make_token("viewer", room), RELAY_IP, str(hs.udp_port), hs.ip, layers],
         capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, f"stdout: {run.stdout}\nstderr: {run.stderr[-3000:]}"
     result = json.loads(run.stdout.strip().splitlines()[-1])
