@@ -1523,14 +1523,15 @@ impl Sfu {
         let Some(subscriber) = self.participants.get_mut(&member) else {
             return;
         };
-        let Some(down) = subscriber
-            .downs
-            .iter_mut()
-            .find(|d| d.publisher == incoming.publisher && d.track_sid == incoming.track_sid)
-        else {
-            return;
-        };
-        let DownState::Open(mid) = down.state else {
+        // (A track unsubscribed from and subscribed to again has an old entry on its way out.)
+        let Some((down, mid)) = subscriber.downs.iter_mut().find_map(|d| match d.state {
+            DownState::Open(mid)
+                if d.publisher == incoming.publisher && d.track_sid == incoming.track_sid =>
+            {
+                Some((d, mid))
+            }
+            _ => None,
+        }) else {
             return;
         };
         let packet = incoming.packet;
@@ -1640,7 +1641,7 @@ impl Sfu {
             let Some(down) = participant
                 .downs
                 .iter_mut()
-                .find(|d| d.publisher == publisher && d.track_sid == track_sid)
+                .find(|d| d.live() && d.publisher == publisher && d.track_sid == track_sid)
             else {
                 continue;
             };

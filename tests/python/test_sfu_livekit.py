@@ -341,6 +341,10 @@ async def test_without_auto_subscription_tracks_come_when_asked_for(sparks):
         bob.on("track_unsubscribed", lambda track, pub, participant: gone.set())
         publication.set_subscribed(False)
         await asyncio.wait_for(gone.wait(), timeout=10)
+
+        # And back again.
+        publication.set_subscribed(True)
+        assert abs(await heard_frequency(bob, "alice") - 550) < 20
     finally:
         feeder.cancel()
         await alice.disconnect()
