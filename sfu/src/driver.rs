@@ -430,13 +430,15 @@ impl Outbox {
                         }
                     }
                     Err(error) => {
-                        tracing::debug!(%error, "segmented send failed: one by one");
+                        // E.g. a device that cannot segment: not tried again.
+                        tracing::info!(%error, "segmented send failed: one datagram at a time");
                         break false;
                     }
                     Ok(()) => break true,
                 }
             };
             if !sent {
+                self.gso = None;
                 for datagram in self.buf.chunks(self.segment) {
                     send_one(socket, to, datagram).await;
                 }
