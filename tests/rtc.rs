@@ -102,6 +102,30 @@ async fn expect<T>(
     }
 }
 
+async fn next_offer(ws: &mut Socket) -> proto::SessionDescription {
+    expect(ws, |m| match m {
+        signal_response::Message::Offer(offer) => Some(offer),
+        _ => None,
+    })
+    .await
+}
+
+async fn next_update(ws: &mut Socket) -> proto::ParticipantUpdate {
+    expect(ws, |m| match m {
+        signal_response::Message::Update(u) => Some(u),
+        _ => None,
+    })
+    .await
+}
+
+async fn next_pong(ws: &mut Socket) -> i64 {
+    expect(ws, |m| match m {
+        signal_response::Message::Pong(ts) => Some(ts),
+        _ => None,
+    })
+    .await
+}
+
 async fn send(ws: &mut Socket, message: signal_request::Message) {
     let bytes = SignalRequest {
         message: Some(message),
@@ -143,20 +167,12 @@ async fn join_response_gives_clients_what_they_need() {
     assert_eq!(ice.credential, expected);
 
     // The subscriber connection is offered at once (with the data channels).
-    let offer = expect(&mut ws, |m| match m {
-        signal_response::Message::Offer(offer) => Some(offer),
-        _ => None,
-    })
-    .await;
+    let offer = next_offer(&mut ws).await;
     assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
     assert!(offer.sdp.contains("webrtc-datachannel"), "{}", offer.sdp);
 
     send(&mut ws, signal_request::Message::Ping(42)).await;
-    let pong = expect(&mut ws, |m| match m {
-        signal_response::Message::Pong(ts) => Some(ts),
-        _ => None,
-    })
-    .await;
+    let pong = next_pong(&mut ws).await;
     assert_eq!(pong, 42);
     send(
         &mut ws,
@@ -211,11 +227,7 @@ async fn the_room_sees_joins_leaves_and_a_replaced_session() {
     };
     assert_eq!(join.other_participants.len(), 1);
     assert_eq!(join.other_participants[0].identity, "alice");
-    let update = expect(&mut alice, |m| match m {
-        signal_response::Message::Update(u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let update = next_update(&mut alice).await;
     assert_eq!(update.participants[0].identity, "bob");
 
     // Bob connects again: the old session is told why and closed; Alice sees one Bob.
@@ -296,11 +308,7 @@ async fn a_session_whose_websocket_broke_is_resumed_with_what_it_missed() {
         .await
         .expect("bob");
     let bob_sid = joined(&mut bob).await.participant.expect("bob").sid;
-    let first_offer = expect(&mut bob, |m| match m {
-        signal_response::Message::Offer(offer) => Some(offer),
-        _ => None,
-    })
-    .await;
+    let first_offer = next_offer(&mut bob).await;
 
     // Bob's WebSocket breaks (no Leave): he stays in the meeting, and misses Carol's arrival.
     drop(bob);
@@ -329,25 +337,13 @@ async fn a_session_whose_websocket_broke_is_resumed_with_what_it_missed() {
         }
         other => panic!("expected ReconnectResponse first, got {other:?}"),
     }
-    let update = expect(&mut bob, |m| match m {
-        signal_response::Message::Update(u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let update = next_update(&mut bob).await;
     assert!(update.participants.iter().any(|p| p.identity == "carol"));
-    let offer = expect(&mut bob, |m| match m {
-        signal_response::Message::Offer(offer) => Some(offer),
-        _ => None,
-    })
-    .await;
+    let offer = next_offer(&mut bob).await;
     assert_eq!(offer.id, first_offer.id);
     assert_eq!(offer.sdp, first_offer.sdp);
     send(&mut bob, signal_request::Message::Ping(5)).await;
-    let pong = expect(&mut bob, |m| match m {
-        signal_response::Message::Pong(ts) => Some(ts),
-        _ => None,
-    })
-    .await;
+    let pong = next_pong(&mut bob).await;
     assert_eq!(pong, 5);
 
     // A resume of a session that does not exist is told to join afresh.

@@ -12,7 +12,7 @@ const INITIAL_ESTIMATE_KBPS: u64 = 1_500;
 use str0m::{
     Candidate, Event, Input, Output, Rtc, RtcConfig,
     bwe::Bitrate,
-    change::SdpPendingOffer,
+    change::{SdpOffer, SdpPendingOffer},
     config::DtlsCert,
     net::{Protocol, Receive},
 };
@@ -80,6 +80,14 @@ impl Pc {
             early_candidates: Vec::new(),
             next_timeout: now,
         }
+    }
+
+    /// Our offer goes out: it waits for its answer under the next id. Returns (SDP, id).
+    pub fn offer_sent(&mut self, offer: SdpOffer, pending: SdpPendingOffer) -> (String, u32) {
+        self.pending = Some(pending);
+        self.offer_id += 1;
+        self.offer_sdp = offer.to_sdp_string();
+        (self.offer_sdp.clone(), self.offer_id)
     }
 
     /// A candidate the client trickled (`candidate:...` line), used once the remote

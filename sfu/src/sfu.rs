@@ -341,6 +341,19 @@ impl DownTrack {
         !matches!(self.state, DownState::ToStop(_) | DownState::Stopping(_))
     }
 
+    /// Ends the subscription: `false` when it can simply be dropped (never offered), else it
+    /// is kept until its m-line is stopped in the next offer. For `retain_mut`.
+    fn end(&mut self) -> bool {
+        match self.state {
+            DownState::ToOpen => false,
+            DownState::Negotiating(mid) | DownState::Open(mid) => {
+                self.state = DownState::ToStop(mid);
+                true
+            }
+            DownState::ToStop(_) | DownState::Stopping(_) => true,
+        }
+    }
+
     fn update_paused(&mut self) {
         self.forwarding.set_paused(self.disabled || self.congested);
     }
@@ -381,6 +394,13 @@ impl Participant {
             Side::Publisher => &mut self.publisher,
             Side::Subscriber => &mut self.subscriber,
         }
+    }
+
+    fn may_subscribe(&self) -> bool {
+        self.info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_subscribe)
     }
 
     /// The participant as others see it: with its published tracks.
@@ -706,12 +726,8 @@ impl Sfu {
         } else if participant.offered {
             let mut api = subscriber.rtc.sdp_api();
             api.ice_restart(true);
-            api.apply().map(|(offer, pending)| {
-                subscriber.pending = Some(pending);
-                subscriber.offer_id += 1;
-                subscriber.offer_sdp = offer.to_sdp_string();
-                (subscriber.offer_sdp.clone(), subscriber.offer_id)
-            })
+            api.apply()
+                .map(|(offer, pending)| subscriber.offer_sent(offer, pending))
         } else {
             None
         };
@@ -816,15 +832,7 @@ impl Sfu {
                     return true;
                 }
                 changed = true;
-                match d.state {
-                    // Never offered: nothing to stop.
-                    DownState::ToOpen => false,
-                    DownState::Negotiating(mid) | DownState::Open(mid) => {
-                        d.state = DownState::ToStop(mid);
-                        true
-                    }
-                    DownState::ToStop(_) | DownState::Stopping(_) => true,
-                }
+                d.end()
             });
             if changed {
                 self.negotiate(now, receiver);
@@ -1059,24 +1067,12 @@ impl Sfu {
             .iter()
             .chain(update.participant_tracks.iter().flat_map(|p| &p.track_sids))
             .collect();
-        let may = participant
-            .info
-            .permission
-            .as_ref()
-            .is_some_and(|p| p.can_subscribe);
         let mut publishers = Vec::new();
-        if update.subscribe && may {
+        if update.subscribe && participant.may_subscribe() {
             let new: Vec<DownTrack> = self
-                .members(&participant.room)
+                .existing_tracks(&participant.room, conn)
                 .into_iter()
-                .filter(|c| *c != conn)
-                .filter_map(|c| self.participants.get(&c).map(|p| (c, p)))
-                .flat_map(|(c, p)| {
-                    p.tracks
-                        .iter()
-                        .filter(|t| t.mid.is_some() && sids.contains(&&t.info.sid))
-                        .map(move |t| DownTrack::new(c, &p.info.sid, t))
-                })
+                .filter(|d| sids.contains(&&d.track_sid))
                 .filter(|d| {
                     !participant
                         .downs
@@ -1096,14 +1092,7 @@ impl Sfu {
                     return true;
                 }
                 publishers.push(d.publisher);
-                match d.state {
-                    DownState::ToOpen => false,
-                    DownState::Negotiating(mid) | DownState::Open(mid) => {
-                        d.state = DownState::ToStop(mid);
-                        true
-                    }
-                    DownState::ToStop(_) | DownState::Stopping(_) => true,
-                }
+                d.end()
             });
         }
         self.negotiate(now, conn);
@@ -1194,13 +1183,7 @@ impl Sfu {
                 participant.downs[index].state = DownState::Negotiating(mid);
             }
             participant.offered = true;
-            participant.subscriber.pending = Some(pending);
-            participant.subscriber.offer_id += 1;
-            participant.subscriber.offer_sdp = offer.to_sdp_string();
-            (
-                participant.subscriber.offer_sdp.clone(),
-                participant.subscriber.offer_id,
-            )
+            participant.subscriber.offer_sent(offer, pending)
         };
         self.send(conn, signal::offer(offer, id));
         self.drive(now, conn, Side::Subscriber);
@@ -1446,13 +1429,8 @@ impl Sfu {
             let Some(other) = self.participants.get_mut(&member) else {
                 continue;
             };
-            let may = other
-                .info
-                .permission
-                .as_ref()
-                .is_some_and(|p| p.can_subscribe);
             // Without auto-subscription the client asks for tracks (UpdateSubscription).
-            if !may || !other.auto_subscribe {
+            if !other.may_subscribe() || !other.auto_subscribe {
                 continue;
             }
             other.downs.push(template.clone());

@@ -13,53 +13,13 @@
 // Prints {"framesDecoded": n, "audioPackets": n, "resumed": {...}, ...} and exits 0 when all
 // of that held.
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import http from 'node:http';
-import path from 'node:path';
+import { openPages } from './pages.mjs';
 
 const [url, tokenA, tokenB] = process.argv.slice(2);
-const here = path.dirname(new URL(import.meta.url).pathname);
-const lib = fs.readFileSync(path.join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js'));
-const page = '<!doctype html><html><body><script src="/livekit-client.js"></script></body></html>';
 
-const server = http.createServer((request, response) => {
-  if (request.url === '/livekit-client.js') {
-    response.writeHead(200, { 'content-type': 'text/javascript' });
-    response.end(lib);
-  } else {
-    response.writeHead(200, { 'content-type': 'text/html' });
-    response.end(page);
-  }
-});
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-const base = `http://127.0.0.1:${server.address().port}/`;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--allow-loopback-in-peer-connection',
-    '--autoplay-policy=no-user-gesture-required',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
-
+const { pages: [receiver, sender], close } = await openPages(2);
 let ok = false;
 try {
-  const receiver = await (await browser.newContext()).newPage();
-  const sender = await (await browser.newContext()).newPage();
-  for (const p of [receiver, sender]) {
-    p.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
-    await p.goto(base);
-  }
   const received = receiver.evaluate(async ([url, token]) => {
     const room = new LivekitClient.Room();
     const tracks = {};
@@ -155,7 +115,6 @@ try {
 } catch (error) {
   console.error(String(error && error.stack || error));
 } finally {
-  await browser.close();
-  server.close();
+  await close();
 }
 process.exit(ok ? 0 : 1);

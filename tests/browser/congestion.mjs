@@ -11,17 +11,13 @@
 // Usage: node congestion.mjs <ws url> <token A> <token B> <relay ip> <udp port> <sfu ip> [single]
 // Prints {"states": [...], "framesAfter": n, ...} and exits 0 when all of that held.
 
-import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import readline from 'node:readline';
+import { openPages } from './pages.mjs';
 
 const [url, tokenA, tokenB, relayIp, udpPort, sfuIp, layers] = process.argv.slice(2);
 const here = path.dirname(new URL(import.meta.url).pathname);
-const lib = fs.readFileSync(path.join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js'));
-const page = '<!doctype html><html><body><script src="/livekit-client.js"></script></body></html>';
 
 // The relay, limited through its stdin ("rate <bits/s>" / "rate none", answered "ok").
 const shaper = spawn(process.env.PYTHON || 'python3',
@@ -35,44 +31,10 @@ const limit = async (rate) => {
   if ((await shaperSays()) !== 'ok') throw new Error('the UDP shaper did not take the limit');
 };
 
-const server = http.createServer((request, response) => {
-  if (request.url === '/livekit-client.js') {
-    response.writeHead(200, { 'content-type': 'text/javascript' });
-    response.end(lib);
-  } else {
-    response.writeHead(200, { 'content-type': 'text/html' });
-    response.end(page);
-  }
-});
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-const base = `http://127.0.0.1:${server.address().port}/`;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--allow-loopback-in-peer-connection',
-    '--autoplay-policy=no-user-gesture-required',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
-
+const { pages: [receiver, sender], close } = await openPages(2);
 let ok = false;
 const result = {};
 try {
-  const receiver = await (await browser.newContext()).newPage();
-  const sender = await (await browser.newContext()).newPage();
-  for (const p of [receiver, sender]) {
-    p.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
-    await p.goto(base);
-  }
   await sender.evaluate(async ([url, token, simulcast]) => {
     const room = new LivekitClient.Room({ publishDefaults: { simulcast } });
     await room.connect(url, token);
@@ -141,8 +103,7 @@ try {
   console.error(String(error && error.stack || error));
 } finally {
   console.log(JSON.stringify(result));
-  await browser.close();
-  server.close();
+  await close();
   shaper.kill();
 }
 process.exit(ok ? 0 : 1);

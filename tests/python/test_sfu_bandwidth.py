@@ -29,12 +29,8 @@ RELAY_IP = "127.0.0.7"
 
 @pytest.fixture(scope="module")
 def sparks():
-    hs = Homeserver("sparks", rtc_extra=f'public_ip = "{RELAY_IP}"\n')
-    hs.start()
-    try:
+    with Homeserver("sparks", rtc_extra=f'public_ip = "{RELAY_IP}"\n') as hs:
         yield hs
-    finally:
-        hs.stop()
 
 
 async def test_a_slow_receiver_gets_the_layer_its_bandwidth_carries(sparks):

@@ -64,12 +64,8 @@ RELAY_IP = "127.0.0.8"
 def sparks_behind_relay():
     """Sparks advertising a UDP relay's address for media (udp_shaper.py, which the script
     starts), as behind 1:1 NAT."""
-    hs = Homeserver("sparks", rtc_extra=f'public_ip = "{RELAY_IP}"\n')
-    hs.start()
-    try:
+    with Homeserver("sparks", rtc_extra=f'public_ip = "{RELAY_IP}"\n') as hs:
         yield hs
-    finally:
-        hs.stop()
 
 
 @pytest.mark.parametrize("layers", ["simulcast", "single"])
