@@ -38,6 +38,10 @@ async fn server_resuming_for(seconds: u64) -> TestServer {
 }
 
 fn token_for(identity: &str, room: &str, secret: &str, ttl: i64) -> String {
+    token_publishing(identity, room, secret, ttl, false)
+}
+
+fn token_publishing(identity: &str, room: &str, secret: &str, ttl: i64, publish: bool) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -49,7 +53,7 @@ fn token_for(identity: &str, room: &str, secret: &str, ttl: i64) -> String {
         video: VideoGrant {
             room_join: true,
             room: room.into(),
-            can_publish: Some(false),
+            can_publish: Some(publish),
             ..Default::default()
         },
         ..Default::default()
@@ -374,6 +378,91 @@ async fn a_session_whose_websocket_broke_is_resumed_with_what_it_missed() {
         signal_response::Message::Leave(_)
     ));
     // Bob is still there for Alice.
+    assert!(!sees_leave(&mut alice, "bob", Duration::from_millis(500)).await);
+}
+
+#[tokio::test]
+async fn a_resume_before_the_old_socket_is_noticed_resends_what_may_be_lost() {
+    // Bob's connection dies without the server noticing (its socket stays open): what the
+    // server writes to it meanwhile is lost for him. When he resumes he is told everyone
+    // again, who left, and the TrackPublished of a track still waiting for its media.
+    let server = server().await;
+    let mut alice = connect(&server, &token_for("alice", "r7", SECRET, 600))
+        .await
+        .expect("alice");
+    let _ = joined(&mut alice).await;
+    let bob_token = token_publishing("bob", "r7", SECRET, 600, true);
+    let mut bob = connect(&server, &bob_token).await.expect("bob");
+    let bob_sid = joined(&mut bob).await.participant.expect("bob").sid;
+    let first_offer = next_offer(&mut bob).await;
+    send(
+        &mut bob,
+        signal_request::Message::AddTrack(proto::AddTrackRequest {
+            cid: "mic".to_owned(),
+            name: "mic".to_owned(),
+            r#type: proto::TrackType::Audio as i32,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let mut carol = connect(&server, &token_for("carol", "r7", SECRET, 600))
+        .await
+        .expect("carol");
+    let _ = joined(&mut carol).await;
+    let mut dave = connect(&server, &token_for("dave", "r7", SECRET, 600))
+        .await
+        .expect("dave");
+    let _ = joined(&mut dave).await;
+    send(
+        &mut dave,
+        signal_request::Message::Leave(proto::LeaveRequest::default()),
+    )
+    .await;
+    assert!(sees_leave(&mut alice, "dave", Duration::from_secs(5)).await);
+
+    let mut resumed = connect_query(&server, &bob_token, &format!("&reconnect=1&sid={bob_sid}"))
+        .await
+        .expect("bob resumes");
+    assert!(matches!(
+        next(&mut resumed).await,
+        signal_response::Message::Reconnect(_)
+    ));
+    let update = next_update(&mut resumed).await;
+    let state = |identity: &str| {
+        update
+            .participants
+            .iter()
+            .find(|p| p.identity == identity)
+            .map(|p| p.state)
+    };
+    let active = Some(proto::participant_info::State::Active as i32);
+    assert_eq!(state("alice"), active, "{update:?}");
+    assert_eq!(state("carol"), active, "{update:?}");
+    assert_eq!(
+        state("dave"),
+        Some(proto::participant_info::State::Disconnected as i32),
+        "{update:?}"
+    );
+    assert_eq!(state("bob"), None, "not himself");
+    let published = expect(&mut resumed, |m| match m {
+        signal_response::Message::TrackPublished(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(published.cid, "mic");
+    let offer = next_offer(&mut resumed).await;
+    assert_eq!(offer.id, first_offer.id, "the unanswered offer again");
+
+    // The old socket is closed by the server once the new one has taken over.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = bob.next().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the old socket stays open");
     assert!(!sees_leave(&mut alice, "bob", Duration::from_millis(500)).await);
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use livekit_protocol::SignalRequest;
+use livekit_protocol::{SignalRequest, SignalResponse};
 use prost::Message as _;
 use tokio::{
     io::Interest,
@@ -39,8 +39,9 @@ enum Command {
         reply: oneshot::Sender<Option<Attached>>,
     },
     Signal(ConnId, SignalRequest),
-    /// A WebSocket ended (its generation: a resumed session's old socket ending is no news).
-    Closed(ConnId, u64),
+    /// A WebSocket ended (its generation: a resumed session's old socket ending is no news),
+    /// with the messages it was given but did not write.
+    Closed(ConnId, u64, Vec<Vec<u8>>),
     RemoveMatrixMember {
         room_id: String,
         user_id: String,
@@ -106,10 +107,14 @@ impl SfuHandle {
         }
     }
 
-    pub fn closed(&self, session: &Session) {
-        let _ = self
-            .commands
-            .send(Command::Closed(session.conn, session.generation));
+    /// The session's WebSocket ended; `undelivered`: the messages it was given (the one
+    /// whose write failed, and any still queued) that did not go out, kept for a resume.
+    pub fn closed(&self, session: &Session, undelivered: Vec<Vec<u8>>) {
+        let _ = self.commands.send(Command::Closed(
+            session.conn,
+            session.generation,
+            undelivered,
+        ));
     }
 
     /// Removes, at once, every participant whose token was issued to `user_id` for the Matrix
@@ -237,7 +242,12 @@ async fn run(
                 None => return,
             },
             () = tokio::time::sleep_until(deadline.into()) => {
-                let _ = guarded(|| sfu.handle_timeout(Instant::now()));
+                let now = Instant::now();
+                if !guarded(|| sfu.handle_timeout(now))
+                    && let Some(conn) = sfu.interrupted_timer()
+                {
+                    guarded(|| sfu.drop_faulty(now, conn));
+                }
             }
         }
     }
@@ -259,9 +269,11 @@ impl Sessions {
         (conn, self.next_generation, rx)
     }
 
-    fn send(&self, conn: ConnId, bytes: Vec<u8>) {
-        if let Some((_, tx)) = self.open.get(&conn) {
-            let _ = tx.send(bytes);
+    /// Hands a message to the participant's WebSocket; `false` when that has just closed.
+    fn send(&self, conn: ConnId, bytes: Vec<u8>) -> bool {
+        match self.open.get(&conn) {
+            Some((_, tx)) => tx.send(bytes).is_ok(),
+            None => false,
         }
     }
 
@@ -295,9 +307,17 @@ fn handle(sfu: &mut Sfu, sessions: &mut Sessions, command: Command) {
                 guarded(|| sfu.drop_faulty(now, conn));
             }
         }
-        Command::Closed(conn, generation) => {
+        Command::Closed(conn, generation, undelivered) => {
+            let undelivered = undelivered
+                .iter()
+                .filter_map(|bytes| SignalResponse::decode(bytes.as_slice()).ok())
+                .collect();
             if sessions.detach(conn, generation) {
-                guarded(|| sfu.handle_ws_closed(now, conn));
+                guarded(|| sfu.handle_ws_closed(now, conn, undelivered));
+            } else {
+                // The old WebSocket of a resumed session: what it did not write goes to the
+                // new one.
+                guarded(|| sfu.redeliver(conn, undelivered));
             }
         }
         Command::RemoveMatrixMember { room_id, user_id } => {
@@ -329,7 +349,11 @@ async fn flush(
     while let Some(output) = sfu.poll_output() {
         match output {
             Output::Transmit { to, data } => outbox.push(socket, to, &data).await,
-            Output::Signal(conn, response) => sessions.send(conn, response.encode_to_vec()),
+            Output::Signal(conn, response) => {
+                if !sessions.send(conn, response.encode_to_vec()) {
+                    guarded(|| sfu.undelivered(conn, *response));
+                }
+            }
             Output::Close(conn) => {
                 sessions.open.remove(&conn);
             }
@@ -430,15 +454,19 @@ impl Outbox {
                         }
                     }
                     Err(error) => {
-                        // E.g. a device that cannot segment: not tried again.
-                        tracing::info!(%error, "segmented send failed: one datagram at a time");
+                        tracing::debug!(%error, "segmented send failed: sent one at a time");
                         break false;
                     }
                     Ok(()) => break true,
                 }
             };
             if !sent {
-                self.gso = None;
+                // quinn-udp gives up segmenting after EIO or EINVAL (a device that cannot
+                // segment); other errors (an unreachable peer, a full buffer) are passing.
+                if gso.max_gso_segments() <= 1 {
+                    tracing::info!("this socket cannot segment: one datagram at a time from now");
+                    self.gso = None;
+                }
                 for datagram in self.buf.chunks(self.segment) {
                     send_one(socket, to, datagram).await;
                 }

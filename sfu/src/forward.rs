@@ -93,6 +93,17 @@ pub struct Forwarding {
     last: Option<Sent>,
 }
 
+/// What a packet is to a decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// It starts a keyframe: a receiver can start (or switch layers) here.
+    Key,
+    /// Video that needs the frames before it.
+    Delta,
+    /// Audio, or video of a codec whose keyframes are not recognised here.
+    Unknown,
+}
+
 /// Where a packet goes out, if it does.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -115,8 +126,8 @@ impl Forwarding {
         }
     }
 
-    /// Stops or resumes forwarding. A resumed layer starts again at a keyframe (simulcast),
-    /// continuing the sequence numbers where they stopped.
+    /// Stops or resumes forwarding. Resumed video starts again at a keyframe, continuing the
+    /// sequence numbers where they stopped.
     pub fn set_paused(&mut self, paused: bool) {
         if paused && !self.paused {
             self.current = None;
@@ -134,8 +145,14 @@ impl Forwarding {
         self.target.is_some() && self.current != Some(self.target)
     }
 
+    /// Whether packets of layer `rid` are wanted but wait for a keyframe: the publisher is
+    /// to be asked for one.
+    pub fn wants_keyframe(&self, rid: Option<Rid>) -> bool {
+        !self.paused && self.current != Some(rid) && (rid.is_none() || rid == self.target)
+    }
+
     /// Decides for one packet of layer `rid`: `seq`/`ts` as the publisher sent them, `at`
-    /// its arrival, `keyframe` whether it starts a keyframe, `clock` the RTP clock rate.
+    /// its arrival, `frame` what it is to a decoder, `clock` the RTP clock rate.
     #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
@@ -143,7 +160,7 @@ impl Forwarding {
         seq: u64,
         ts: u32,
         at: Instant,
-        keyframe: bool,
+        frame: Frame,
         clock: u32,
         vp8: Option<Vp8Ids>,
     ) -> Verdict {
@@ -152,10 +169,17 @@ impl Forwarding {
         }
         let switched = self.current != Some(rid);
         if switched {
-            // Only the wanted layer takes over, and only where a keyframe starts (a track
-            // without simulcast has just the one layer and starts at once).
+            // Only the wanted layer takes over, and only where a keyframe starts: a decoder
+            // given a delta frame after a gap the sequence numbers no longer show would
+            // decode it against the wrong picture. What cannot be told (audio, or a codec
+            // not recognised here) starts at once, unless it is a simulcast layer.
             let wanted = rid.is_none() || rid == self.target;
-            if !wanted || (rid.is_some() && !keyframe) {
+            let starts = match frame {
+                Frame::Key => true,
+                Frame::Delta => false,
+                Frame::Unknown => rid.is_none(),
+            };
+            if !wanted || !starts {
                 return Verdict::Drop;
             }
             self.start(rid, seq, ts, at, clock, vp8);
@@ -298,16 +322,16 @@ mod tests {
         let (q, f) = (Rid::from("q"), Rid::from("f"));
         let mut fw = Forwarding::new(Some(q));
         let ids = |p: u16, t: u8| Vp8Ids::parse(&vp8(p, t, true));
-        let first = fw.decide(Some(q), 10, 0, t0, true, 90_000, ids(100, 5));
+        let first = fw.decide(Some(q), 10, 0, t0, Frame::Key, 90_000, ids(100, 5));
         // The first layer keeps its own numbering.
         assert!(
             matches!(first, Verdict::Forward { vp8: None, .. }),
             "{first:?}"
         );
-        fw.decide(Some(q), 11, 3000, t0, false, 90_000, ids(101, 5));
+        fw.decide(Some(q), 11, 3000, t0, Frame::Delta, 90_000, ids(101, 5));
         fw.target = Some(f);
         // f numbers its frames from 32760 (and wraps): the receiver sees 102, 103 ...
-        let switched = fw.decide(Some(f), 900, 50, t0, true, 90_000, ids(32_760, 200));
+        let switched = fw.decide(Some(f), 900, 50, t0, Frame::Key, 90_000, ids(32_760, 200));
         let Verdict::Forward {
             vp8: Some((picture_id, tl0)),
             ..
@@ -316,7 +340,7 @@ mod tests {
             panic!("{switched:?}");
         };
         assert_eq!((picture_id, tl0), (Some(102), Some(6)));
-        let next = fw.decide(Some(f), 901, 3050, t0, false, 90_000, ids(8, 201));
+        let next = fw.decide(Some(f), 901, 3050, t0, Frame::Delta, 90_000, ids(8, 201));
         let Verdict::Forward {
             vp8: Some((picture_id, tl0)),
             ..
@@ -333,16 +357,16 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarding::new(None);
         assert_eq!(
-            forward(f.decide(None, 50_000, 7, t0, false, 48_000, None)),
+            forward(f.decide(None, 50_000, 7, t0, Frame::Unknown, 48_000, None)),
             (FIRST_SEQ, 7, true)
         );
         assert_eq!(
-            forward(f.decide(None, 50_001, 967, t0, false, 48_000, None)).0,
+            forward(f.decide(None, 50_001, 967, t0, Frame::Unknown, 48_000, None)).0,
             FIRST_SEQ + 1
         );
         // A lost packet stays a gap (the receiver NACKs it).
         assert_eq!(
-            forward(f.decide(None, 50_003, 2887, t0, false, 48_000, None)).0,
+            forward(f.decide(None, 50_003, 2887, t0, Frame::Unknown, 48_000, None)).0,
             FIRST_SEQ + 3
         );
     }
@@ -355,31 +379,34 @@ mod tests {
         let mut fw = Forwarding::new(Some(q));
         // The target layer starts only with a keyframe.
         assert_eq!(
-            fw.decide(Some(q), 10, 1000, t0, false, 90_000, None),
+            fw.decide(Some(q), 10, 1000, t0, Frame::Delta, 90_000, None),
             Verdict::Drop
         );
         assert_eq!(
-            fw.decide(Some(f_), 500, 9000, t0, true, 90_000, None),
+            fw.decide(Some(f_), 500, 9000, t0, Frame::Key, 90_000, None),
             Verdict::Drop
         );
-        let (seq, ts, switched) = forward(fw.decide(Some(q), 11, 4000, t0, true, 90_000, None));
+        let (seq, ts, switched) =
+            forward(fw.decide(Some(q), 11, 4000, t0, Frame::Key, 90_000, None));
         assert_eq!((seq, switched), (FIRST_SEQ, true));
-        let (seq, last_ts, _) = forward(fw.decide(Some(q), 12, 7000, t0, false, 90_000, None));
+        let (seq, last_ts, _) =
+            forward(fw.decide(Some(q), 12, 7000, t0, Frame::Delta, 90_000, None));
         assert_eq!((seq, last_ts), (FIRST_SEQ + 1, ts + 3000));
 
         // Asked for the high layer: q keeps flowing until f starts a keyframe.
         fw.target = Some(f_);
         assert!(fw.waiting());
         assert_eq!(
-            fw.decide(Some(f_), 501, 9000, t0, false, 90_000, None),
+            fw.decide(Some(f_), 501, 9000, t0, Frame::Delta, 90_000, None),
             Verdict::Drop
         );
         assert_eq!(
-            forward(fw.decide(Some(q), 13, 10_000, t0, false, 90_000, None)).0,
+            forward(fw.decide(Some(q), 13, 10_000, t0, Frame::Delta, 90_000, None)).0,
             FIRST_SEQ + 2
         );
         let later = t0 + Duration::from_millis(40);
-        let (seq, ts, switched) = forward(fw.decide(Some(f_), 502, 123, later, true, 90_000, None));
+        let (seq, ts, switched) =
+            forward(fw.decide(Some(f_), 502, 123, later, Frame::Key, 90_000, None));
         assert!(switched);
         assert_eq!(seq, FIRST_SEQ + 3, "no gap, no jump");
         // 40 ms after the last packet sent: 3600 ticks of 90 kHz later.
@@ -387,7 +414,7 @@ mod tests {
         assert!(!fw.waiting());
         // The old layer is dropped from now on.
         assert_eq!(
-            fw.decide(Some(q), 14, 13_000, later, true, 90_000, None),
+            fw.decide(Some(q), 14, 13_000, later, Frame::Key, 90_000, None),
             Verdict::Drop
         );
     }
@@ -416,8 +443,42 @@ mod tests {
         let mut f = Forwarding::new(None);
         f.paused = true;
         assert_eq!(
-            f.decide(None, 1, 1, Instant::now(), true, 48_000, None),
+            f.decide(None, 1, 1, Instant::now(), Frame::Unknown, 48_000, None),
             Verdict::Drop
         );
+    }
+
+    #[test]
+    fn plain_video_waits_for_a_keyframe_to_start_and_after_a_pause() {
+        let t0 = Instant::now();
+        let mut f = Forwarding::new(None);
+        assert!(f.wants_keyframe(None));
+        assert_eq!(
+            f.decide(None, 10, 0, t0, Frame::Delta, 90_000, None),
+            Verdict::Drop
+        );
+        assert_eq!(
+            forward(f.decide(None, 11, 3000, t0, Frame::Key, 90_000, None)),
+            (FIRST_SEQ, 3000, true)
+        );
+        forward(f.decide(None, 12, 6000, t0, Frame::Delta, 90_000, None));
+        assert!(!f.wants_keyframe(None));
+
+        f.set_paused(true);
+        assert!(!f.wants_keyframe(None), "paused: nothing to ask for");
+        assert_eq!(
+            f.decide(None, 13, 9000, t0, Frame::Delta, 90_000, None),
+            Verdict::Drop
+        );
+        f.set_paused(false);
+        assert!(f.wants_keyframe(None));
+        // Frames 13 and 14 never reach the receiver: without the keyframe rule 14 would
+        // follow 12 seamlessly and be decoded against the wrong picture.
+        assert_eq!(
+            f.decide(None, 14, 12_000, t0, Frame::Delta, 90_000, None),
+            Verdict::Drop
+        );
+        let (seq, _, switched) = forward(f.decide(None, 15, 15_000, t0, Frame::Key, 90_000, None));
+        assert_eq!((seq, switched), (FIRST_SEQ + 2, true));
     }
 }

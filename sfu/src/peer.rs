@@ -126,14 +126,14 @@ impl Pc {
             return;
         };
         if let Err(error) = self.rtc.handle_input(Input::Receive(now, receive)) {
-            tracing::debug!(%error, "peer connection input failed");
+            tracing::info!(%error, "peer connection input failed");
             self.rtc.disconnect();
         }
     }
 
     pub fn timeout(&mut self, now: Instant) {
         if let Err(error) = self.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(%error, "peer connection timer failed");
+            tracing::info!(%error, "peer connection timer failed");
             self.rtc.disconnect();
         }
     }
@@ -167,7 +167,7 @@ impl Pc {
                     return events;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "peer connection failed");
+                    tracing::info!(%error, "peer connection failed");
                     self.rtc.disconnect();
                 }
             }

@@ -24,7 +24,7 @@ use str0m::{
 };
 
 use crate::{
-    forward::{Forwarding, Verdict, Vp8Ids, fit},
+    forward::{Forwarding, Frame, Verdict, Vp8Ids, fit},
     ids,
     peer::{Pc, Side},
     signal,
@@ -106,18 +106,21 @@ fn mime_type(rtc: &str0m::Rtc, mid: Mid, kind: MediaKind) -> String {
 }
 
 /// Whether an RTP payload starts a keyframe, judged only from bytes LiveKit's E2EE leaves in
-/// the clear (payload descriptor and codec header), never from encrypted frame data.
-fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
-    match codec {
-        Codec::Vp8 => str0m::format::detect_vp8_keyframe(payload),
-        Codec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
+/// the clear (payload descriptor and codec header), never from encrypted frame data; for a
+/// codec not recognised here, `Unknown`.
+fn frame_of(kind: MediaKind, codec: Codec, payload: &[u8]) -> Frame {
+    let key = match (kind, codec) {
+        (MediaKind::Audio, _) => return Frame::Unknown,
+        (_, Codec::Vp8) => str0m::format::detect_vp8_keyframe(payload),
+        (_, Codec::Vp9) => str0m::format::detect_vp9_keyframe(payload),
         // IDR, or SPS (which precedes it).
-        Codec::H264 => {
+        (_, Codec::H264) => {
             str0m::format::detect_h264_keyframe(payload)
                 || str0m::format::detect_h264_nalu(payload, 7)
         }
-        _ => false,
-    }
+        _ => return Frame::Unknown,
+    };
+    if key { Frame::Key } else { Frame::Delta }
 }
 
 /// The descriptor rewrite that gives a VP8 packet the picture id / TL0PICIDX the receiver
@@ -144,7 +147,7 @@ struct Incoming<'a> {
     kind: MediaKind,
     /// Its simulcast layer.
     rid: Option<Rid>,
-    keyframe: bool,
+    frame: Frame,
     params: &'a PayloadParams,
     packet: &'a RtpPacket,
 }
@@ -172,6 +175,9 @@ struct Room {
     members: Vec<ConnId>,
     /// Participant sids last announced as speaking.
     speakers: Vec<String>,
+    /// Who left lately (within the resume window), as last announced: a resumed client is
+    /// told again, in case the announcement went down with its old WebSocket.
+    departed: Vec<(Instant, ParticipantInfo)>,
 }
 
 /// A published track.
@@ -403,6 +409,13 @@ impl Participant {
             .is_some_and(|p| p.can_subscribe)
     }
 
+    /// Its info after a change others are told of: a higher version, so that clients can
+    /// tell it from an older update that arrives later (as after a resume).
+    fn changed_info(&mut self) -> ParticipantInfo {
+        self.info.version += 1;
+        self.public_info()
+    }
+
     /// The participant as others see it: with its published tracks.
     fn public_info(&self) -> ParticipantInfo {
         let mut info = self.info.clone();
@@ -431,6 +444,8 @@ pub struct Sfu {
     timers: BTreeSet<(Instant, ConnId, Side)>,
     /// Participants whose WebSocket is gone, by the end of their resume window.
     lost: BTreeSet<(Instant, ConnId)>,
+    /// The connection `handle_timeout` is handling (to drop it should that panic).
+    timing: Option<ConnId>,
 }
 
 impl Sfu {
@@ -447,6 +462,7 @@ impl Sfu {
             switched: Vec::new(),
             timers: BTreeSet::new(),
             lost: BTreeSet::new(),
+            timing: None,
         }
     }
 
@@ -496,6 +512,7 @@ impl Sfu {
             created_ms: now_ms,
             members: Vec::new(),
             speakers: Vec::new(),
+            departed: Vec::new(),
         });
         // A second connection with the same identity replaces the first.
         let duplicate = room.members.iter().copied().find(|c| {
@@ -585,7 +602,7 @@ impl Sfu {
             signal_lost: None,
             missed: Vec::new(),
         };
-        if params.auto_subscribe {
+        if params.auto_subscribe && participant.may_subscribe() {
             participant.downs = self.existing_tracks(&room_name, conn);
         }
         self.out.push_back(Output::Presence {
@@ -661,7 +678,13 @@ impl Sfu {
     /// The WebSocket went away without a `Leave`: the participant stays (its media flows on)
     /// for the resume window, so its client can resume the session on a new WebSocket; what
     /// it would have been sent meanwhile is kept for then. After the window it leaves.
-    pub fn handle_ws_closed(&mut self, now: Instant, conn: ConnId) {
+    /// `undelivered`: what the WebSocket had been given but had not written; it goes first.
+    pub fn handle_ws_closed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mut undelivered: Vec<proto::SignalResponse>,
+    ) {
         let window = self.config.resume_window;
         let Some(participant) = self.participants.get_mut(&conn) else {
             return;
@@ -672,6 +695,8 @@ impl Sfu {
             tracing::debug!(conn, "signalling lost: waiting for a resume");
             participant.signal_lost = Some(now + window);
             self.lost.insert((now + window, conn));
+            undelivered.append(&mut participant.missed);
+            participant.missed = undelivered;
         }
     }
 
@@ -703,14 +728,83 @@ impl Sfu {
                 ..Default::default()
             }),
         );
-        // A subscriber offer among them is the one still outstanding: sent again below.
-        for response in missed {
+        let replayed: Vec<String> = missed
+            .iter()
+            .filter_map(|r| match &r.message {
+                Some(signal_response::Message::TrackPublished(t)) => Some(t.cid.clone()),
+                _ => None,
+            })
+            .collect();
+        self.redeliver(conn, missed);
+        self.resync_after_resume(now, conn, &replayed);
+        self.renegotiate_after_resume(now, conn);
+        Some(conn)
+    }
+
+    /// Messages a participant's WebSocket may not have delivered, sent (or kept) again. A
+    /// subscriber offer among them is left out: the one still outstanding is sent again when
+    /// the session resumes.
+    pub fn redeliver(&mut self, conn: ConnId, responses: Vec<proto::SignalResponse>) {
+        for response in responses {
             if !matches!(response.message, Some(signal_response::Message::Offer(_))) {
                 self.send(conn, response);
             }
         }
-        self.renegotiate_after_resume(now, conn);
-        Some(conn)
+    }
+
+    /// A message the driver could not hand to the participant's WebSocket (it had just
+    /// closed; its `Closed` is on the way): kept for a resume.
+    pub fn undelivered(&mut self, conn: ConnId, response: proto::SignalResponse) {
+        if let Some(participant) = self.participants.get_mut(&conn)
+            && participant.missed.len() < MAX_MISSED
+        {
+            participant.missed.push(response);
+        }
+    }
+
+    /// What a resumed client may have missed without anyone knowing (written to a
+    /// connection that was already dead): everyone in the room as they are now, and who left
+    /// lately, and the `TrackPublished` of tracks whose media has not come yet (but those
+    /// `replayed` already).
+    fn resync_after_resume(&mut self, now: Instant, conn: ConnId, replayed: &[String]) {
+        let Some(participant) = self.participants.get(&conn) else {
+            return;
+        };
+        let window = self.config.resume_window;
+        let mut infos: Vec<ParticipantInfo> = self
+            .members(&participant.room)
+            .iter()
+            .filter(|c| **c != conn)
+            .filter_map(|c| self.participants.get(c))
+            .map(|p| {
+                let mut info = p.public_info();
+                info.state = proto::participant_info::State::Active as i32;
+                info
+            })
+            .collect();
+        if let Some(room) = self.rooms.get(&participant.room) {
+            infos.extend(
+                room.departed
+                    .iter()
+                    .filter(|(at, _)| now.saturating_duration_since(*at) < window)
+                    .map(|(_, info)| info.clone()),
+            );
+        }
+        let published: Vec<proto::TrackPublishedResponse> = participant
+            .pending
+            .iter()
+            .filter(|(cid, _)| !replayed.contains(cid))
+            .map(|(cid, info)| proto::TrackPublishedResponse {
+                cid: cid.clone(),
+                track: Some(info.clone()),
+            })
+            .collect();
+        if !infos.is_empty() {
+            self.send(conn, signal::update(infos));
+        }
+        for response in published {
+            self.signal(conn, signal_response::Message::TrackPublished(response));
+        }
     }
 
     /// After a resume: the outstanding subscriber offer again (its answer, or the offer itself,
@@ -809,9 +903,15 @@ impl Sfu {
         // What the one who left received is no longer needed.
         let publishers: Vec<ConnId> = participant.downs.iter().map(|d| d.publisher).collect();
         self.update_dynacast(publishers);
-        let mut info = participant.public_info();
+        let mut info = participant.changed_info();
         info.state = proto::participant_info::State::Disconnected as i32;
         info.tracks.clear();
+        let window = self.config.resume_window;
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.departed
+                .retain(|(at, _)| now.saturating_duration_since(*at) < window);
+            room.departed.push((now, info.clone()));
+        }
         self.broadcast_update(&room_name, None, vec![info]);
     }
 
@@ -850,7 +950,7 @@ impl Sfu {
         };
         let track = participant.tracks.remove(index);
         let room = participant.room.clone();
-        let info = participant.public_info();
+        let info = participant.changed_info();
         tracing::debug!(conn, track_sid = track.info.sid, "track unpublished");
         self.broadcast_update(&room, None, vec![info]);
         self.end_subscriptions(now, conn, Some(&track.info.sid));
@@ -1112,7 +1212,7 @@ impl Sfu {
         };
         track.info.muted = mute.muted;
         let room = participant.room.clone();
-        let info = participant.public_info();
+        let info = participant.changed_info();
         self.broadcast_update(&room, None, vec![info]);
     }
 
@@ -1253,20 +1353,29 @@ impl Sfu {
             _ => {}
         }
         self.expire_lost_signalling(now);
-        let mut due = Vec::new();
+        // One connection at a time, each timer popped just before it is handled: should
+        // handling one panic, the others' timers are still in the set (and the driver knows
+        // which connection to drop, from `timing`).
+        let mut handled = Vec::new();
         while let Some(&(at, conn, side)) = self.timers.first() {
-            if at > now {
+            // A connection due again at once waits for the next call (no spinning here).
+            if at > now || handled.contains(&(conn, side)) {
                 break;
             }
-            due.push((conn, side));
             self.timers.pop_first();
-        }
-        for (conn, side) in due {
+            handled.push((conn, side));
+            self.timing = Some(conn);
             if let Some(participant) = self.participants.get_mut(&conn) {
                 participant.pc(side).timeout(now);
                 self.drive(now, conn, side);
             }
         }
+        self.timing = None;
+    }
+
+    /// The connection whose timer was being handled when `handle_timeout` panicked.
+    pub fn interrupted_timer(&self) -> Option<ConnId> {
+        self.timing
     }
 
     /// Drains one connection's output and acts on its events.
@@ -1287,7 +1396,11 @@ impl Sfu {
             self.on_event(now, conn, side, event);
         }
         if !alive && self.participants.contains_key(&conn) {
-            tracing::debug!(conn, ?side, "peer connection closed");
+            tracing::info!(
+                conn,
+                ?side,
+                "peer connection closed: the participant leaves"
+            );
             self.remove(now, conn, proto::DisconnectReason::UnknownReason);
         }
     }
@@ -1419,7 +1532,7 @@ impl Sfu {
         tracing::debug!(conn, %mid, rids = ?track.rids, "track media bound");
         participant.tracks.push(track);
         let room = participant.room.clone();
-        let public = participant.public_info();
+        let public = participant.changed_info();
         // Everyone learns of the track before any offer carries it (else clients drop it).
         self.broadcast_update(&room, None, vec![public]);
         for member in self.members(&room) {
@@ -1484,8 +1597,7 @@ impl Sfu {
             track_sid: &track_sid,
             kind,
             rid,
-            keyframe: kind == MediaKind::Video
-                && starts_keyframe(params.spec().codec, &packet.payload),
+            frame: frame_of(kind, params.spec().codec, &packet.payload),
             params: &params,
             packet: &packet,
         };
@@ -1523,7 +1635,7 @@ impl Sfu {
             *packet.seq_no,
             packet.header.timestamp,
             packet.timestamp,
-            incoming.keyframe,
+            incoming.frame,
             clock,
             vp8,
         );
@@ -1534,11 +1646,9 @@ impl Sfu {
             vp8: renumbered,
         } = verdict
         else {
-            // Waiting to switch to this layer: keep asking for its keyframe (throttled).
-            if incoming.rid.is_some()
-                && down.forwarding.waiting()
-                && incoming.rid == down.forwarding.target
-            {
+            // Waiting to start or switch to this layer: keep asking for its keyframe
+            // (throttled).
+            if down.forwarding.wants_keyframe(incoming.rid) {
                 let (publisher, track_sid) = (incoming.publisher, incoming.track_sid.to_owned());
                 self.request_keyframe(now, publisher, &track_sid, incoming.rid);
             }
@@ -1783,6 +1893,7 @@ impl Sfu {
                             other.downs.iter().any(|d| {
                                 d.publisher == publisher
                                     && d.track_sid == track.info.sid
+                                    && d.live()
                                     && !d.forwarding.paused
                                     && (d.forwarding.target == Some(*rid)
                                         || d.forwarding.current() == Some(Some(*rid)))

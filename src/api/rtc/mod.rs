@@ -209,6 +209,8 @@ async fn session(
     };
     let conn = session.conn;
     let mut renew_at = tokio::time::Instant::now() + refresh.due_in();
+    // A message whose write failed: the client may resume the session and get it then.
+    let mut unwritten = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(renew_at) => {
@@ -232,7 +234,11 @@ async fn session(
             },
             outgoing = session.messages.recv() => match outgoing {
                 Some(bytes) => {
-                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                    // (`Bytes` clones share the buffer.)
+                    let bytes = axum::body::Bytes::from(bytes);
+                    if let Err(error) = socket.send(Message::Binary(bytes.clone())).await {
+                        tracing::debug!(conn, %error, "signalling write failed");
+                        unwritten = Some(bytes.to_vec());
                         break;
                     }
                 }
@@ -243,5 +249,11 @@ async fn session(
             },
         }
     }
-    handle.closed(&session);
+    // What was queued for this socket and not written goes back with the news.
+    session.messages.close();
+    let mut undelivered: Vec<Vec<u8>> = unwritten.into_iter().collect();
+    while let Ok(bytes) = session.messages.try_recv() {
+        undelivered.push(bytes);
+    }
+    handle.closed(&session, undelivered);
 }
