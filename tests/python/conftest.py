@@ -48,9 +48,12 @@ def homeserver():
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    hs = getattr(item, "funcargs", {}).get("homeserver")
-    if rep.failed and isinstance(hs, Homeserver):
-        rep.sections.append((f"{hs.impl} log tail ({hs.log_path})", hs.log_tail(40)))
+    if not rep.failed:
+        return
+    # Every server the test used (`homeserver`, `sparks`, ...): the end of its log.
+    for name, hs in getattr(item, "funcargs", {}).items():
+        if isinstance(hs, Homeserver):
+            rep.sections.append((f"{name}: {hs.impl} log tail ({hs.log_path})", hs.log_tail(40)))
 
 
 @pytest_asyncio.fixture

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 
 import aiohttp
@@ -70,6 +71,8 @@ def sfu_url(hs: Homeserver) -> str:
 async def connect(hs: Homeserver, identity: str, room: str, key: bytes | None = None,
                   dynacast: bool = False, auto_subscribe: bool = True, **grant) -> rtc.Room:
     lk = rtc.Room()
+    # Why a room ends is what a failure report needs (the SDK logs it below WARNING).
+    lk.on("disconnected", lambda reason: logging.warning("%s disconnected: %s", identity, reason))
     encryption = (rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=key))
                   if key else None)
     await asyncio.wait_for(
