@@ -295,6 +295,7 @@ pub fn persist(
     let rooms = &server.rooms;
     let room_id = pdu.room_id.clone();
     let mut batch = server.db.batch();
+    let (pdu, redacted_by) = with_waiting_redaction(server, rules, &mut batch, pdu)?;
     let short = rooms
         .state
         .event_short_or_intern(maps, &mut batch, &pdu.event_id)?;
@@ -333,7 +334,7 @@ pub fn persist(
         txn: txn
             .as_ref()
             .map(|t| (t.device_id.clone(), t.txn_id.clone())),
-        redacted_by: None,
+        redacted_by,
         soft_failed: false,
     };
     batch.put(
@@ -346,11 +347,16 @@ pub fn persist(
         pdu.event_id.as_bytes(),
         serde_json::to_vec(&meta)?,
     );
-    batch.put(
-        &maps.roomcount_eventid,
-        Key::new().s(room_id.as_str()).n(count).build(),
-        pdu.event_id.as_bytes(),
-    );
+    let redaction = apply_redaction(server, rules, &mut batch, &pdu, state_before)?;
+    // A redaction that may not take effect is part of the room, but clients never see it
+    // (they would apply it).
+    if redaction != Redaction::Refused {
+        batch.put(
+            &maps.roomcount_eventid,
+            Key::new().s(room_id.as_str()).n(count).build(),
+            pdu.event_id.as_bytes(),
+        );
+    }
     // The room's forward extremities: one value per room (a list), not one key per event, so
     // the write is a single put and reading them never walks deleted keys.
     let mut extremities = extremities(server, &room_id)?;
@@ -407,12 +413,7 @@ pub fn persist(
         }
     }
 
-    let mut redacted_target = None;
-    if pdu.kind == TimelineEventType::RoomRedaction
-        && let Some(target) = pdu.redacts.clone()
-    {
-        redacted_target = redact_in_batch(server, rules, &mut batch, &pdu, &target)?;
-    }
+    let redacted_target = redaction.applied();
 
     super::relations::index(server, &mut batch, &pdu, count)?;
     if server.is_local(pdu.sender.server_name()) {
@@ -511,7 +512,9 @@ pub fn persist_historic(
 ) -> Result<()> {
     let maps = &server.maps;
     let rooms = &server.rooms;
+    let rules = super::version::rules(&rooms.version(maps, &pdu.room_id)?)?;
     let mut batch = server.db.batch();
+    let (pdu, redacted_by) = with_waiting_redaction(server, &rules, &mut batch, pdu)?;
     let short = rooms
         .state
         .event_short_or_intern(maps, &mut batch, &pdu.event_id)?;
@@ -525,9 +528,15 @@ pub fn persist_historic(
         state_after: group_after,
         replaces_state,
         txn: None,
-        redacted_by: None,
+        redacted_by,
         soft_failed: position.is_none(),
     };
+    // A soft-failed redaction takes no effect; a backfilled one does, as a live one would.
+    let redaction = match position {
+        Some(_) => apply_redaction(server, &rules, &mut batch, &pdu, state_before)?,
+        None => Redaction::NotApplied,
+    };
+    let redacted_target = redaction.applied();
     batch.put(
         &maps.eventid_pdu,
         pdu.event_id.as_bytes(),
@@ -538,7 +547,7 @@ pub fn persist_historic(
         pdu.event_id.as_bytes(),
         serde_json::to_vec(&meta)?,
     );
-    if let Some(count) = position {
+    if let Some(count) = position.filter(|_| redaction != Redaction::Refused) {
         batch.put(
             &maps.roomcount_eventid,
             Key::new().s(pdu.room_id.as_str()).n(count).build(),
@@ -549,6 +558,10 @@ pub fn persist_historic(
     server.db.commit(batch)?;
     if position.is_some() {
         server.search.index_event(&pdu);
+    }
+    if let Some(target) = redacted_target {
+        server.search.remove_event(&target);
+        rooms.forget_cached(&target);
     }
     let pdu = Arc::new(pdu);
     rooms.pdus.lock().put(pdu.event_id.clone(), pdu.clone());
@@ -583,14 +596,7 @@ fn redact_in_batch(
     if original.room_id != redaction.room_id || meta.redacted_by.is_some() {
         return Ok(None);
     }
-    let mut because_json = redaction.json.clone();
-    because_json.insert(
-        "event_id".into(),
-        CanonicalJsonValue::String(redaction.event_id.to_string()),
-    );
-    let because = RedactedBecause::from_json(because_json);
-    let redacted = redact(original.json.clone(), &rules.redaction, Some(because))
-        .map_err(|e| Error::internal(format_args!("redaction: {e}")))?;
+    let redacted = redacted_json(rules, &original, redaction)?;
     let mut meta = (*meta).clone();
     meta.redacted_by = Some(redaction.event_id.clone());
     super::relations::unindex(maps, batch, &original, meta.count);
@@ -605,6 +611,148 @@ fn redact_in_batch(
         serde_json::to_vec(&meta)?,
     );
     Ok(Some(target.to_owned()))
+}
+
+/// `original`'s content stripped by the room version's rules, with `unsigned.redacted_because`.
+fn redacted_json(
+    rules: &RoomVersionRules,
+    original: &Pdu,
+    redaction: &Pdu,
+) -> Result<CanonicalJsonObject> {
+    let mut because_json = redaction.json.clone();
+    because_json.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(redaction.event_id.to_string()),
+    );
+    let because = RedactedBecause::from_json(because_json);
+    redact(original.json.clone(), &rules.redaction, Some(because))
+        .map_err(|e| Error::internal(format_args!("redaction: {e}")))
+}
+
+/// Whether a redaction takes effect on an event of `target_sender` (the spec's "Handling
+/// redactions"). Since room version 3 the authorization rules accept a redaction from any
+/// member; it applies only if its sender may redact others' events (in the state it was sent
+/// in) or is on the target sender's server. Versions 1 and 2 check this in the authorization
+/// rules themselves.
+fn redaction_permitted(
+    server: &Server,
+    rules: &RoomVersionRules,
+    redaction: &Pdu,
+    target_sender: &UserId,
+    state_at_redaction: &StateMap,
+) -> Result<bool> {
+    if rules.authorization.special_case_room_redaction
+        || redaction.sender.server_name() == target_sender.server_name()
+    {
+        return Ok(true);
+    }
+    let power = super::power::PowerLevels::at(server, &redaction.room_id, state_at_redaction)?;
+    Ok(power.can_redact_others(&redaction.sender))
+}
+
+/// What an event being stored did as a redaction.
+#[derive(Debug, PartialEq, Eq)]
+enum Redaction {
+    /// Not a redaction, or one whose target is already redacted, not here yet, or elsewhere.
+    NotApplied,
+    /// The target (this id) is redacted.
+    Applied(OwnedEventId),
+    /// Its sender may not redact the target.
+    Refused,
+}
+
+impl Redaction {
+    fn applied(&self) -> Option<OwnedEventId> {
+        match self {
+            Self::Applied(target) => Some(target.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a redaction event (sent in `state_before`) to its target: at once if the target is
+/// here and the redaction is permitted; if the target has not arrived yet (history not
+/// fetched, or a branch of the room's graph still missing), it is noted and applied when the
+/// target comes.
+fn apply_redaction(
+    server: &Server,
+    rules: &RoomVersionRules,
+    batch: &mut crate::storage::Batch,
+    redaction: &Pdu,
+    state_before: &StateMap,
+) -> Result<Redaction> {
+    if redaction.kind != TimelineEventType::RoomRedaction {
+        return Ok(Redaction::NotApplied);
+    }
+    let Some(target) = redaction.redacts.as_deref() else {
+        return Ok(Redaction::NotApplied);
+    };
+    let maps = &server.maps;
+    let Some(original) = server.rooms.pdu(maps, target)? else {
+        let key = Key::new()
+            .s(target.as_str())
+            .s(redaction.event_id.as_str())
+            .build();
+        batch.put(&maps.target_redaction, key, []);
+        return Ok(Redaction::NotApplied);
+    };
+    if !redaction_permitted(server, rules, redaction, &original.sender, state_before)? {
+        tracing::info!(
+            redaction = %redaction.event_id,
+            target = %target,
+            sender = %redaction.sender,
+            "redaction not applied: its sender may not redact this event"
+        );
+        return Ok(Redaction::Refused);
+    }
+    Ok(
+        match redact_in_batch(server, rules, batch, redaction, target)? {
+            Some(target) => Redaction::Applied(target),
+            None => Redaction::NotApplied,
+        },
+    )
+}
+
+/// An event about to be stored, redacted if a permitted redaction of it arrived before it;
+/// with the id of that redaction. The notes of redactions waiting for it are removed.
+fn with_waiting_redaction(
+    server: &Server,
+    rules: &RoomVersionRules,
+    batch: &mut crate::storage::Batch,
+    pdu: Pdu,
+) -> Result<(Pdu, Option<OwnedEventId>)> {
+    let maps = &server.maps;
+    let rooms = &server.rooms;
+    let prefix = Key::new().s(pdu.event_id.as_str()).prefix();
+    let waiting: Vec<Box<[u8]>> = maps
+        .target_redaction
+        .scan_prefix(prefix.clone())
+        .map(|(key, _)| key)
+        .collect();
+    let ids: Vec<OwnedEventId> = waiting
+        .iter()
+        .filter_map(|key| key.get(prefix.len()..))
+        .filter_map(|raw| std::str::from_utf8(raw).ok())
+        .filter_map(|raw| OwnedEventId::try_from(raw).ok())
+        .collect();
+    for key in &waiting {
+        batch.delete(&maps.target_redaction, key);
+    }
+    for id in ids {
+        let (Some(redaction), Some(meta)) = (rooms.pdu(maps, &id)?, rooms.event_meta(maps, &id)?)
+        else {
+            continue;
+        };
+        if redaction.room_id != pdu.room_id || meta.soft_failed {
+            continue;
+        }
+        let state = rooms.load_state(maps, meta.state_before)?;
+        if redaction_permitted(server, rules, &redaction, &pdu.sender, &state)? {
+            let json = redacted_json(rules, &pdu, &redaction)?;
+            return Ok((Pdu::from_json(pdu.event_id.clone(), json)?, Some(id)));
+        }
+    }
+    Ok((pdu, None))
 }
 
 /// The event id a transaction produced earlier, if any (idempotent sends).

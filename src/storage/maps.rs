@@ -138,6 +138,9 @@ catalog! {
     eventid_short in "event_index" = 2;
     /// `short -> event_id`
     short_eventid in "event_index" = 3;
+    /// `target_event_id, redaction_event_id -> ()`: redactions that arrived before their
+    /// target (applied, if permitted, when it comes).
+    target_redaction in "event_index" = 4;
     /// `room_id, count -> event_id`: the timeline in stream order.
     roomcount_eventid in "timeline" = 1;
 

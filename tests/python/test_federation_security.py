@@ -3,7 +3,8 @@ with that Synapse's own signing key, read from its config dir, using Synapse's a
 signedjson's signing code), so Sparks fetches genuine keys and every check is the real one.
 
 A well-formed PDU is accepted (the control); one allowed before a ban but not after it is
-soft-failed (kept, never shown); history a server may not see is served redacted; a bad
+soft-failed (kept, never shown); a redaction takes effect only where its sender may redact,
+and also when it arrives before its target; history a server may not see is served redacted; a bad
 signature, a sender from a server that did not sign, a forged transaction origin, an
 oversized PDU, a power-level grab and a server the room's ACL denies are all refused and
 never enter the room; a PDU whose content does not match its hash is kept only redacted.
@@ -227,6 +228,62 @@ async def test_power_levels_are_enforced_across_servers(synapse, sparks, setup):
         sparks, "GET", f"/_matrix/client/v3/rooms/{setup['room']}/state/m.room.power_levels/",
         setup["bob_token"])
     assert after == levels
+
+
+async def test_a_redaction_applies_only_where_its_sender_may_redact(synapse, sparks, setup):  # noqa: F811
+    # Since room version 3 the authorization rules accept a redaction from any member; it takes
+    # effect on events of the redacting user's own server, or with the power to redact others'.
+    as_synapse = AsSynapse(synapse, sparks)
+    bobs = await send_text(sparks, setup["bob_token"], setup["room"], "bob's words")
+    event = await template(as_synapse, sparks, setup, setup["alice"], "m.room.message",
+                           {"msgtype": "m.text", "body": "alice's words"})
+    alices, event = as_synapse.sign(event)
+    status, reply = await as_synapse.send([event])
+    assert status == 200 and reply["pdus"][alices] == {}, reply
+    redactions = []
+    for target in (bobs, alices):
+        redaction = await template(as_synapse, sparks, setup, setup["alice"], "m.room.redaction",
+                                   {"redacts": target})
+        redaction_id, redaction = as_synapse.sign(redaction)
+        status, reply = await as_synapse.send([redaction])
+        assert status == 200 and reply["pdus"][redaction_id] == {}, reply
+        redactions.append(redaction_id)
+    found = dict(await bodies_in_room(sparks, setup))
+    assert found[bobs] == "bob's words", found
+    assert alices in found and found[alices] is None, found
+    # Clients see the redaction that took effect, not the one that may not (they would apply it).
+    assert redactions[1] in found and redactions[0] not in found, (redactions, found)
+    status, stored = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{setup['room']}/event/{quote(bobs)}",
+        setup["bob_token"])
+    assert status == 200 and stored["content"]["body"] == "bob's words", stored
+    assert "redacted_because" not in stored.get("unsigned", {}), stored
+
+
+async def test_a_redaction_that_comes_before_its_target_applies_when_the_target_comes(synapse, sparks, setup):  # noqa: F811
+    # The redaction and its target are siblings in the room's graph; the redaction is sent
+    # first (as when history arrives newest first): the target is stored redacted.
+    as_synapse = AsSynapse(synapse, sparks)
+    message = await template(as_synapse, sparks, setup, setup["alice"], "m.room.message",
+                             {"msgtype": "m.text", "body": "soon gone"})
+    message_id, message = as_synapse.sign(message)
+    redaction = await template(as_synapse, sparks, setup, setup["alice"], "m.room.redaction",
+                               {"redacts": message_id, "reason": "oops"})
+    redaction_id, redaction = as_synapse.sign(redaction)
+    status, reply = await as_synapse.send([redaction])
+    assert status == 200 and reply["pdus"][redaction_id] == {}, reply
+    status, reply = await as_synapse.send([message])
+    assert status == 200 and reply["pdus"][message_id] == {}, reply
+    found = dict(await bodies_in_room(sparks, setup))
+    assert message_id in found and found[message_id] is None, found
+    status, stored = await raw_request(
+        sparks, "GET", f"/_matrix/client/v3/rooms/{setup['room']}/event/{quote(message_id)}",
+        setup["bob_token"])
+    assert status == 200, stored
+    assert stored["content"] == {}, stored
+    assert stored["unsigned"]["redacted_because"]["event_id"] == redaction_id, stored
+    # Other servers asking for it get the redacted form too.
+    assert "body" not in (await as_synapse.pdu(message_id))["content"]
 
 
 async def test_event_auth_and_state_ids_are_served_to_room_members(synapse, sparks, setup):  # noqa: F811
