@@ -216,6 +216,10 @@ fn invalid_values_are_refused() {
         &format!("{BASE}[federation]\ntls_certificate = \"/x.pem\"\n"),
         &["tls_private_key"],
     );
+    assert_refused(
+        &format!("{BASE}[federation]\nca_certificates = [\"/nonexistent/ca.pem\"]\n"),
+        &["federation.ca_certificates", "/nonexistent/ca.pem"],
+    );
 }
 
 #[test]

@@ -18,6 +18,9 @@ pub struct FederationConfig {
     /// Whether other servers' TLS certificates are verified (against the system's roots).
     /// Switch off only for tests and closed networks with self-signed certificates.
     pub verify_certificates: bool,
+    /// PEM files of certificate authorities trusted for other servers' certificates besides
+    /// the system's roots: for federations on a private PKI (e.g. an authority's own CA).
+    pub ca_certificates: Vec<PathBuf>,
     /// Address ranges (CIDR) outbound federation never connects to. Default: loopback,
     /// private (RFC 1918), link-local, CGNAT, multicast, unspecified and reserved ranges, IPv6
     /// ULA and link-local, NAT64 and 6to4. `[]` allows every address.
@@ -41,6 +44,7 @@ impl Default for FederationConfig {
             tls_certificate: None,
             tls_private_key: None,
             verify_certificates: true,
+            ca_certificates: Vec::new(),
             ip_range_denylist: crate::cidr::BUILTIN_DENYLIST
                 .iter()
                 .map(|r| (*r).to_owned())

@@ -26,10 +26,29 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60 * 60);
 /// Largest response body we read from another server.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The certificates of the PEM files in `ca_certificates` (each must hold at least one).
+fn extra_roots(paths: &[std::path::PathBuf]) -> Result<Vec<reqwest::Certificate>, String> {
+    let mut roots = Vec::new();
+    for path in paths {
+        let context = |e: &dyn std::fmt::Display| {
+            format!("federation.ca_certificates: {}: {e}", path.display())
+        };
+        let pem = std::fs::read(path).map_err(|e| context(&e))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| context(&e))?;
+        if certificates.is_empty() {
+            return Err(context(&"no PEM certificate in it"));
+        }
+        roots.extend(certificates);
+    }
+    Ok(roots)
+}
+
 pub struct Client {
     filter: Arc<IpFilter>,
     dns: Arc<super::dns::Dns>,
     verify_certificates: bool,
+    /// Certificate authorities trusted besides the system's (`[federation] ca_certificates`).
+    extra_roots: Vec<reqwest::Certificate>,
     timeout: Duration,
     /// Built on first use: building a TLS client costs more than the whole server start.
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
@@ -44,6 +63,7 @@ impl Client {
             filter: Arc::new(filter),
             dns: Arc::new(super::dns::Dns::new(&config.dns_servers)?),
             verify_certificates: config.verify_certificates,
+            extra_roots: extra_roots(&config.ca_certificates)?,
             timeout: Duration::from_millis(config.request_timeout_ms),
             http: OnceLock::new(),
             resolved: Mutex::new(HashMap::new()),
@@ -58,6 +78,7 @@ impl Client {
                     .no_proxy()
                     .dns_resolver(Arc::new(self.guarded_resolver()))
                     .tls_danger_accept_invalid_certs(!self.verify_certificates)
+                    .tls_certs_merge(self.extra_roots.iter().cloned())
                     .connect_timeout(self.timeout.min(Duration::from_secs(10)))
                     .timeout(self.timeout)
                     .pool_idle_timeout(Duration::from_secs(90))

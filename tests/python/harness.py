@@ -74,20 +74,24 @@ class Homeserver:
 
     def __init__(self, impl: str | None = None, server_name: str | None = None,
                  federation_ip: str | None = None, federation_extra: str = "",
-                 rtc_extra: str = ""):
+                 rtc_extra: str = "", tls: tuple[Path, Path] | None = None,
+                 verify_certificates: bool = False):
         """With ``federation_ip`` (an address in 127.0.0.0/8 of its own) the server also
         federates: its name is ``<ip>:<federation port>`` (an IP literal with an explicit
         port, so no discovery is needed), TLS is self-signed and peers' certificates are not
         checked, and loopback peers are allowed (see ../shared/reference/federation-loopback.md).
         ``server_name`` then replaces the IP-literal name (other servers must find it through
         DNS); ``federation_extra`` is appended to Sparks' ``[federation]`` section,
-        ``rtc_extra`` to its ``[rtc]`` section."""
+        ``rtc_extra`` to its ``[rtc]`` section. ``tls`` (certificate, key) replaces Synapse's
+        self-signed certificate; ``verify_certificates`` makes Sparks check peers' ones."""
         self.impl = impl or hs_impl()
         self.ip = federation_ip or "127.0.0.1"
         self.port = free_port(self.ip)
         self.federation_port = free_port(self.ip) if federation_ip else None
         self.federation_extra = federation_extra
         self.rtc_extra = rtc_extra
+        self.tls = tls
+        self.verify_certificates = verify_certificates
         self.udp_port = free_udp_port(self.ip)
         if federation_ip:
             self.server_name = server_name or f"{federation_ip}:{self.federation_port}"
@@ -128,7 +132,9 @@ class Homeserver:
             f"api_key = {q(RTC_API_KEY)}\n"
             f"api_secret = {q(RTC_API_SECRET)}\n"
             + self.rtc_extra
-            + ("\n[federation]\nverify_certificates = false\nip_range_denylist = []\n"
+            + ("\n[federation]\n"
+               f"verify_certificates = {'true' if self.verify_certificates else 'false'}\n"
+               "ip_range_denylist = []\n"
                + self.federation_extra
                if self.federation_port else "")
         )
@@ -215,13 +221,16 @@ rc_federation:
         federation, a whitelist that allows no other server)."""
         if not self.federation_port:
             return "federation_domain_whitelist: []\n"
-        cert, key = self.tmp / "tls.crt", self.tmp / "tls.key"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={self.ip}",
-             "-addext", f"subjectAltName=IP:{self.ip},DNS:localhost"],
-            check=True, capture_output=True,
-        )
+        if self.tls:
+            cert, key = self.tls
+        else:
+            cert, key = self.tmp / "tls.crt", self.tmp / "tls.key"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={self.ip}",
+                 "-addext", f"subjectAltName=IP:{self.ip},DNS:localhost"],
+                check=True, capture_output=True,
+            )
         return f"""\
   - port: {self.federation_port}
     bind_addresses: ["{self.ip}"]

@@ -7,13 +7,21 @@ answers with ``localhost:<Synapse's federation port>`` (localhost's address Spar
 knows itself, RFC 6761). Sparks asks that DNS server
 (``[federation] dns_servers``); Synapse finds Sparks by its IP-literal name.
 
-Certificates are not verified in this test (self-signed), so the claim that Sparks checks an
-SRV target's certificate for the server name rests on the URL it builds, not on this test.
+Certificates are verified: a certificate authority made for the test (``[federation]
+ca_certificates``, as for a federation on a private PKI) signs Synapse's certificate for
+``syn.test`` only. Sparks reaches it through the SRV target ``localhost`` all the same (the
+certificate is checked for the server name, as the spec asks), does not reach it without
+trusting that authority, and does not reach a server whose certificate names only the SRV
+target.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import threading
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -26,6 +34,8 @@ from test_federation_synapse import register, send_text, sync_until_message
 pytestmark = pytest.mark.asyncio
 
 NAME = "syn.test"
+# A second Synapse, found the same way, whose certificate names only the SRV target.
+TARGET_ONLY = "syn2.test"
 
 
 class Zone(BaseResolver):
@@ -33,7 +43,7 @@ class Zone(BaseResolver):
     Records every question, to check what was asked."""
 
     def __init__(self):
-        self.srv_port: int | None = None
+        self.srv_ports: dict[str, int] = {}
         self.questions: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
@@ -42,9 +52,11 @@ class Zone(BaseResolver):
         qname, qtype = str(request.q.qname), QTYPE[request.q.qtype]
         with self.lock:
             self.questions.append((qname, qtype))
-        if qname == f"_matrix-fed._tcp.{NAME}." and qtype == "SRV" and self.srv_port:
+        srv_port = next((port for name, port in self.srv_ports.items()
+                         if qname == f"_matrix-fed._tcp.{name}."), None)
+        if qtype == "SRV" and srv_port:
             reply.add_answer(RR(qname, QTYPE.SRV, ttl=60,
-                                rdata=SRV(priority=10, weight=5, port=self.srv_port,
+                                rdata=SRV(priority=10, weight=5, port=srv_port,
                                           target="localhost.")))
         elif qname == "localhost." and qtype == "A":
             reply.add_answer(RR(qname, QTYPE.A, ttl=60, rdata=A("127.0.0.1")))
@@ -68,26 +80,57 @@ def zone():
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def synapse_by_name(zone):
-    hs = Homeserver("synapse", server_name=NAME, federation_ip="127.0.0.1")
-    zone.srv_port = hs.federation_port
-    hs.start()
-    try:
-        yield hs
-    finally:
-        hs.stop()
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
-def sparks_with_dns(zone):
-    hs = Homeserver("sparks", federation_ip="127.0.0.6",
-                    federation_extra=f'dns_servers = ["{zone.address}"]\n')
-    hs.start()
+def pki():
+    """A certificate authority and two server certificates it signed: one for NAME, one for
+    the SRV target only. Returns the directory."""
+    tmp = Path(tempfile.mkdtemp(prefix="hs-pki-"))
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(tmp / "ca.key"), "-out", str(tmp / "ca.crt"),
+            "-subj", "/CN=Sparks test federation CA")
+    for stem, dns_name in (("name", NAME), ("target", "localhost")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp / f"{stem}.key"),
+                "-out", str(tmp / f"{stem}.csr"), "-subj", f"/CN={dns_name}")
+        (tmp / f"{stem}.ext").write_text(
+            f"subjectAltName=DNS:{dns_name}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", str(tmp / f"{stem}.csr"), "-CA", str(tmp / "ca.crt"),
+                "-CAkey", str(tmp / "ca.key"), "-CAcreateserial", "-days", "2",
+                "-out", str(tmp / f"{stem}.crt"), "-extfile", str(tmp / f"{stem}.ext"))
     try:
-        yield hs
+        yield tmp
     finally:
-        hs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def synapse_found_by_srv(zone, name: str, cert: Path, key: Path):
+    hs = Homeserver("synapse", server_name=name, federation_ip="127.0.0.1", tls=(cert, key))
+    zone.srv_ports[name] = hs.federation_port
+    return hs
+
+
+def sparks_verifying(zone, pki: Path | None, federation_ip: str) -> Homeserver:
+    extra = f'dns_servers = ["{zone.address}"]\n'
+    if pki:
+        extra += f'ca_certificates = ["{pki / "ca.crt"}"]\n'
+    return Homeserver("sparks", federation_ip=federation_ip, federation_extra=extra,
+                      verify_certificates=True)
+
+
+@pytest.fixture(scope="module")
+def synapse_by_name(zone, pki):
+    with synapse_found_by_srv(zone, NAME, pki / "name.crt", pki / "name.key") as hs:
+        yield hs
+
+
+@pytest.fixture(scope="module")
+def sparks_with_dns(zone, pki):
+    with sparks_verifying(zone, pki, "127.0.0.6") as hs:
+        yield hs
 
 
 async def test_sparks_finds_a_server_through_its_srv_record(zone, synapse_by_name,
@@ -123,3 +166,29 @@ async def test_a_room_on_a_server_found_by_srv_works_both_ways(synapse_by_name,
     await send_text(synapse_by_name, alice_token, room_id, "and I answer")
     event = await sync_until_message(sparks_with_dns, bob_token, room_id, "and I answer")
     assert event["sender"] == alice
+
+
+async def profile_status(sparks: Homeserver, user: str) -> int:
+    _, token = await register(sparks, "viewer")
+    status, _ = await raw_request(sparks, "GET", f"/_matrix/client/v3/profile/{user}", token)
+    return status
+
+
+def certificate_refused(hs: Homeserver) -> bool:
+    log = hs.log_path.read_text(errors="replace").lower()
+    return "certificate" in log and any(
+        reason in log for reason in ("unknownissuer", "unknown issuer", "not valid for name"))
+
+
+async def test_without_trusting_the_authority_the_server_is_not_reached(zone, synapse_by_name):
+    alice, _ = await register(synapse_by_name, "alice3")
+    with sparks_verifying(zone, None, "127.0.0.7") as sparks:
+        assert await profile_status(sparks, alice) != 200
+        assert certificate_refused(sparks), "no certificate error in the Sparks log"
+
+
+async def test_a_certificate_for_the_srv_target_only_is_refused(zone, pki, sparks_with_dns):
+    with synapse_found_by_srv(zone, TARGET_ONLY, pki / "target.crt", pki / "target.key") as syn:
+        alice, _ = await register(syn, "alice")
+        assert await profile_status(sparks_with_dns, alice) != 200
+        assert certificate_refused(sparks_with_dns), "no certificate error in the Sparks log"
