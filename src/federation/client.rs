@@ -185,6 +185,35 @@ impl Client {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
+        let response = self
+            .signed_request(server, destination, method, path_and_query, body)
+            .await?;
+        read_json(destination, response).await
+    }
+
+    /// As [`Client::send`], with the answer parsed into `T`.
+    pub async fn send_as<T: serde::de::DeserializeOwned>(
+        &self,
+        server: &Server,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let response = self
+            .signed_request(server, destination, method, path_and_query, body)
+            .await?;
+        read_as(destination, response).await
+    }
+
+    async fn signed_request(
+        &self,
+        server: &Server,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response> {
         if server.is_local(destination) {
             return Err(Error::invalid_param(
                 "a federation request to ourselves is a bug",
@@ -221,11 +250,10 @@ impl Client {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
         }
-        let response = outbound
+        outbound
             .send()
             .await
-            .map_err(|e| remote_error(destination, describe(&e)))?;
-        read_json(destination, response).await
+            .map_err(|e| remote_error(destination, describe(&e)))
     }
 }
 
@@ -350,6 +378,19 @@ fn describe(error: &reqwest::Error) -> String {
 /// The answer's JSON; a non-2xx answer becomes an error carrying the remote errcode when it
 /// is one of ours to pass on (not found, forbidden), else a 502.
 async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
+    let value: Value = read_as(destination, response).await?;
+    if value.is_null() {
+        return Err(remote_error(destination, "answer is not JSON"));
+    }
+    Ok(value)
+}
+
+/// As [`read_json`], parsed straight into `T` (no intermediate JSON tree: large answers such
+/// as a big room's state are read with one copy in memory).
+async fn read_as<T: serde::de::DeserializeOwned>(
+    destination: &ServerName,
+    response: reqwest::Response,
+) -> Result<T> {
     let status = response.status();
     if response
         .content_length()
@@ -364,13 +405,12 @@ async fn read_json(destination: &ServerName, response: reqwest::Response) -> Res
     if body.len() > MAX_RESPONSE_BYTES {
         return Err(remote_error(destination, "response too large"));
     }
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status.is_success() {
-        if value.is_null() {
-            return Err(remote_error(destination, "answer is not JSON"));
-        }
-        return Ok(value);
+        return serde_json::from_slice(&body).map_err(|e| {
+            remote_error(destination, format!("answer is not the expected JSON: {e}"))
+        });
     }
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let errcode = value["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
     let message = value["error"].as_str().unwrap_or_default().to_owned();
     match status.as_u16() {

@@ -87,23 +87,25 @@ async fn join_via(
     );
     let body = serde_json::to_value(&signed)?;
     let started = std::time::Instant::now();
-    let answer = client
-        .send(server, remote, http::Method::PUT, &path, Some(&body))
+    let mut answer: SendJoinAnswer = client
+        .send_as(server, remote, http::Method::PUT, &path, Some(&body))
         .await?;
     let send_join_ms = started.elapsed().as_millis();
     // For restricted rooms the resident server countersigns the join and returns it.
-    let signed = match answer.get("event").filter(|e| e.is_object()) {
-        Some(event) => serde_json::from_value(event.clone())
-            .map_err(|e| Error::bad_json(format!("event: {e}")))?,
+    let signed = match answer.event.take().filter(Value::is_object) {
+        Some(event) => {
+            serde_json::from_value(event).map_err(|e| Error::bad_json(format!("event: {e}")))?
+        }
         None => signed,
     };
+    let (state_events, auth_chain) = (answer.state.len(), answer.auth_chain.len());
     let started = std::time::Instant::now();
-    let joined = take_room(server, &rules, &version, room_id, signed, &answer, remote).await?;
+    let joined = take_room(server, &rules, &version, room_id, signed, answer, remote).await?;
     tracing::info!(
         %room_id,
         %remote,
-        state_events = answer["state"].as_array().map_or(0, Vec::len),
-        auth_chain = answer["auth_chain"].as_array().map_or(0, Vec::len),
+        state_events,
+        auth_chain,
         make_join_ms,
         send_join_ms,
         checked_and_stored_ms = started.elapsed().as_millis(),
@@ -227,28 +229,51 @@ fn sign_template(
 }
 
 /// Checks and stores the room's state and auth chain from `send_join`, then appends our join.
+/// The answer to `send_join` (v2), parsed straight into events: a large room's state is held
+/// once, not also as a JSON tree.
+#[derive(serde::Deserialize)]
+struct SendJoinAnswer {
+    #[serde(default)]
+    state: Vec<CanonicalJsonObject>,
+    #[serde(default)]
+    auth_chain: Vec<CanonicalJsonObject>,
+    /// For restricted rooms: our join, countersigned by the resident server.
+    #[serde(default)]
+    event: Option<Value>,
+}
+
 async fn take_room(
     server: &Arc<Server>,
     rules: &RoomVersionRules,
     version: &RoomVersionId,
     room_id: &RoomId,
     join: CanonicalJsonObject,
-    answer: &Value,
+    answer: SendJoinAnswer,
     resident: &ServerName,
 ) -> Result<PduRef> {
     let join_id =
         &protocol::pdu::event_id(&join, rules).map_err(|e| Error::bad_json(e.to_string()))?;
-    let mut events: Vec<CanonicalJsonObject> = Vec::new();
-    for field in ["auth_chain", "state"] {
-        for value in answer[field].as_array().into_iter().flatten() {
-            let object: CanonicalJsonObject = serde_json::from_value(value.clone())
-                .map_err(|e| Error::bad_json(format!("{field}: {e}")))?;
-            events.push(object);
-        }
-    }
+    // The auth chain first, then the state: after verification the state is the tail.
+    let mut events = answer.auth_chain;
+    let state_from = events.len();
+    events.extend(answer.state);
     let keys = signer_keys(server, rules, &events, resident).await?;
     // CPU-bound and spread over threads: keep the async worker available meanwhile.
-    let mut checked = tokio::task::block_in_place(|| verify_all(rules, room_id, events, &keys))?;
+    let verified = tokio::task::block_in_place(|| verify_all(rules, room_id, events, &keys))?;
+    // The state before our join, as the resident server sent it.
+    let state_ids: std::collections::HashSet<OwnedEventId> = verified
+        .get(state_from..)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.event_id.clone())
+        .collect();
+    // An event may be in both the auth chain and the state: once is enough.
+    let mut seen = std::collections::HashSet::new();
+    let mut checked: Vec<Pdu> = verified
+        .into_iter()
+        .filter(|p| seen.insert(p.event_id.clone()))
+        .collect();
+    drop(seen);
     // Oldest first, so each event's auth events are checked before it.
     checked.sort_by_key(|p| p.depth);
     let checked = checked;
@@ -264,28 +289,26 @@ async fn take_room(
     }
     let maps = &server.maps;
     let _lock = server.rooms.lock(room_id).await;
-    // Store them as outliers (no timeline position), then check each against its auth events.
+    // Store them as outliers (no timeline position) in one write, then check each against its
+    // auth events.
+    let mut batch = server.db.batch();
     for pdu in &checked {
-        super::outlier::store(server, pdu)?;
+        super::outlier::stage(server, &mut batch, pdu)?;
     }
     let meta = RoomMeta {
         room_version: version.clone(),
         create_event_id: create.event_id.clone(),
     };
-    maps.roomid_meta
-        .put(&server.db, room_id.as_bytes(), serde_json::to_vec(&meta)?)?;
+    batch.put(
+        &maps.roomid_meta,
+        room_id.as_bytes(),
+        serde_json::to_vec(&meta)?,
+    );
+    server.db.commit(batch)?;
     for pdu in &checked {
         authorize_outlier(server, rules, pdu)?;
     }
 
-    // The state before our join, as the resident server sent it.
-    let state_ids: std::collections::HashSet<OwnedEventId> = answer["state"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| serde_json::from_value::<CanonicalJsonObject>(v.clone()).ok())
-        .filter_map(|o| protocol::pdu::event_id(&o, rules).ok())
-        .collect();
     let state_events: Vec<&Pdu> = checked
         .iter()
         .filter(|p| p.state_key.is_some() && state_ids.contains(&p.event_id))
@@ -342,7 +365,8 @@ async fn take_room(
 }
 
 /// Verifies signatures and hashes of the room's events on every core (the bulk of a large
-/// join's cost); events whose content does not match its hash are kept redacted.
+/// join's cost); events whose content does not match its hash are kept redacted. The result
+/// is in the order of `events`.
 fn verify_all(
     rules: &RoomVersionRules,
     room_id: &RoomId,
@@ -353,14 +377,24 @@ fn verify_all(
         .map(usize::from)
         .unwrap_or(1)
         .clamp(1, 8);
-    let chunk = events.len().div_ceil(threads).max(1);
+    let total = events.len();
+    let chunk = total.div_ceil(threads).max(1);
+    // Each thread takes its part by value: no event is copied.
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = events;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
     let results: Vec<Result<Vec<Pdu>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = events
-            .chunks(chunk)
+        let handles: Vec<_> = parts
+            .into_iter()
             .map(|part| {
                 scope.spawn(move || {
-                    part.iter()
-                        .map(|e| verify_one(rules, room_id, e.clone(), keys))
+                    part.into_iter()
+                        .map(|e| verify_one(rules, room_id, e, keys))
                         .collect::<Result<Vec<_>>>()
                 })
             })
@@ -373,14 +407,9 @@ fn verify_all(
             })
             .collect()
     });
-    let mut out = Vec::with_capacity(events.len());
-    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(total);
     for part in results {
-        for pdu in part? {
-            if seen.insert(pdu.event_id.clone()) {
-                out.push(pdu);
-            }
-        }
+        out.extend(part?);
     }
     Ok(out)
 }
