@@ -16,7 +16,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig};
+use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig, latency::Latency};
 
 /// Longest we sleep without looking at the clock (str0m timers are usually sooner).
 const MAX_IDLE: Duration = Duration::from_millis(500);
@@ -218,6 +218,8 @@ async fn run(
             events.as_ref(),
         )
         .await;
+        outbox.since = None;
+        outbox.report();
         let now = Instant::now();
         let deadline = sfu
             .next_timeout()
@@ -228,6 +230,7 @@ async fn run(
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
                     let now = Instant::now();
+                    outbox.since = Some(now);
                     datagram(&mut sfu, now, from, local, &buf[..n]);
                     // Whatever else is already waiting joins the batch.
                     for _ in 0..BATCH {
@@ -345,7 +348,28 @@ async fn flush(
     sessions: &mut Sessions,
     events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
-    let _ = guarded(|| sfu.flush(Instant::now()));
+    loop {
+        // One receiver at a time, its packets sent before the next one's are made.
+        let mut more = false;
+        let ran = guarded(|| more = sfu.flush_next(Instant::now()));
+        send_output(sfu, socket, outbox, sessions, events).await;
+        // A connection's datagrams all go to its one address: its run is complete.
+        outbox.send(socket).await;
+        // (After a panic the receiver that caused it is off the list: go on with the others.)
+        if ran && !more {
+            break;
+        }
+    }
+}
+
+/// Hands out what the core produced so far.
+async fn send_output(
+    sfu: &mut Sfu,
+    socket: &UdpSocket,
+    outbox: &mut Outbox,
+    sessions: &mut Sessions,
+    events: Option<&mpsc::UnboundedSender<Presence>>,
+) {
     while let Some(output) = sfu.poll_output() {
         match output {
             Output::Transmit { to, data } => outbox.push(socket, to, &data).await,
@@ -372,7 +396,6 @@ async fn flush(
             }
         }
     }
-    outbox.send(socket).await;
 }
 
 /// Most datagrams in one segmented send (the kernel's limit is 64) and most bytes.
@@ -390,6 +413,10 @@ struct Outbox {
     segment: usize,
     count: usize,
     buf: Vec<u8>,
+    /// When the datagrams whose copies are going out now were read off the socket (`None`
+    /// while sending what timers produced).
+    since: Option<Instant>,
+    latency: Latency,
 }
 
 impl Outbox {
@@ -404,6 +431,29 @@ impl Outbox {
             segment: 0,
             count: 0,
             buf: Vec::with_capacity(MAX_SEGMENTED_BYTES),
+            since: None,
+            latency: Latency::new(Instant::now()),
+        }
+    }
+
+    /// `packets` datagrams were handed to the kernel.
+    fn sent(&mut self, packets: usize) {
+        if let Some(since) = self.since {
+            self.latency.record(since.elapsed(), packets as u64);
+        }
+    }
+
+    /// Logs the time forwarded packets spent inside the SFU, once a window is over.
+    fn report(&mut self) {
+        if let Some(summary) = self.latency.take_summary(Instant::now()) {
+            tracing::debug!(
+                target: "sparks_sfu::latency",
+                packets = summary.packets,
+                p50_us = summary.p50_us,
+                p99_us = summary.p99_us,
+                max_us = summary.max_us,
+                "time forwarded packets spent in the SFU"
+            );
         }
     }
 
@@ -412,6 +462,7 @@ impl Outbox {
     async fn push(&mut self, socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
         let Some(gso) = &self.gso else {
             send_one(socket, to, data).await;
+            self.sent(1);
             return;
         };
         let limit = gso.max_gso_segments().min(MAX_SEGMENTS);
@@ -474,6 +525,7 @@ impl Outbox {
         } else {
             send_one(socket, to, &self.buf).await;
         }
+        self.sent(self.count);
         self.buf.clear();
         self.count = 0;
     }

@@ -8,6 +8,7 @@
 //! - [`driver`] runs it on tokio: one UDP socket (ICE-lite, DTLS-SRTP), a command channel
 //!   for the WebSocket tasks, timers.
 //! - [`token`] reads and writes LiveKit access tokens.
+//! - [`latency`] measures how long forwarded packets spend inside the SFU.
 //!
 //! Media is forwarded in RTP mode: payloads are passed on untouched (so end-to-end encrypted
 //! frames stay opaque), only sequence numbers are rewritten per receiver.
@@ -15,6 +16,7 @@
 pub mod driver;
 mod forward;
 mod ids;
+pub mod latency;
 mod peer;
 mod sfu;
 mod signal;

@@ -469,14 +469,23 @@ impl Sfu {
     /// Sends what was forwarded since the last call: call after a batch of input (several
     /// datagrams), before taking the output.
     pub fn flush(&mut self, now: Instant) {
+        while self.flush_next(now) {}
+    }
+
+    /// As [`Sfu::flush`], one receiving connection at a time: `false` when there was nothing
+    /// left to send. Taking the output after each call lets the first receivers' packets go
+    /// out while the others' are still being made.
+    pub fn flush_next(&mut self, now: Instant) -> bool {
         if !self.switched.is_empty() {
             let publishers = std::mem::take(&mut self.switched);
             self.update_dynacast(publishers);
         }
-        while !self.dirty.is_empty() {
-            for conn in std::mem::take(&mut self.dirty) {
+        match self.dirty.pop() {
+            Some(conn) => {
                 self.drive(now, conn, Side::Subscriber);
+                true
             }
+            None => false,
         }
     }
 

@@ -96,6 +96,14 @@ struct Server {
     dir: PathBuf,
 }
 
+/// Time forwarded packets spent inside the SFU, in microseconds.
+#[derive(Default)]
+struct Inside {
+    p50_median: u64,
+    p99_worst: u64,
+    max: u64,
+}
+
 impl Server {
     fn start(binary: &PathBuf) -> Server {
         let dir = std::env::temp_dir().join(format!("sfu-bench-{}", std::process::id()));
@@ -116,7 +124,8 @@ impl Server {
         let child = Command::new(binary)
             .arg("--config")
             .arg(dir.join("sparks.toml"))
-            .env("RUST_LOG", "warn")
+            // The SFU's own forwarding time is summarised every second at debug level.
+            .env("RUST_LOG", "warn,sparks_sfu::latency=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -127,6 +136,38 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         Server { child, http, dir }
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(self.dir.join("sparks.log")).map_or(0, |m| m.len())
+    }
+
+    /// The SFU's per-second summaries of how long forwarded packets spent inside it (from
+    /// reading a datagram to handing its copies to the kernel), logged after byte `from` of
+    /// its log: the median of the seconds' p50, the worst second's p99, the maximum.
+    fn forwarding_time(&self, from: u64) -> Inside {
+        let log = std::fs::read(self.dir.join("sparks.log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+        let field = |line: &str, name: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let mut p50s = Vec::new();
+        let mut inside = Inside::default();
+        for line in text.lines().filter(|l| l.contains("spent in the SFU")) {
+            if let (Some(p50), Some(p99), Some(max)) = (
+                field(line, "p50_us"),
+                field(line, "p99_us"),
+                field(line, "max_us"),
+            ) {
+                p50s.push(p50);
+                inside.p99_worst = inside.p99_worst.max(p99);
+                inside.max = inside.max.max(max);
+            }
+        }
+        p50s.sort_unstable();
+        inside.p50_median = p50s.get(p50s.len() / 2).copied().unwrap_or(0);
+        inside
     }
 
     /// CPU seconds the process used so far (user + system).
@@ -479,12 +520,14 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cpu_before = server.cpu_seconds();
+    let log_before = server.log_len();
     stats.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stats.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds() - cpu_before;
+    let inside = server.forwarding_time(log_before);
     let rss = server.rss_mib();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -513,6 +556,9 @@ async fn main() {
         "egress_packets_per_second_per_core": if cores > 0.0 { (egress_pps / cores).round() } else { 0.0 },
         "latency_ms_p50": percentile(&latencies, 0.50),
         "latency_ms_p99": percentile(&latencies, 0.99),
+        "sfu_forwarding_us_p50_median": inside.p50_median,
+        "sfu_forwarding_us_p99_worst": inside.p99_worst,
+        "sfu_forwarding_us_max": inside.max,
         "sfu_rss_mib_idle": (idle_rss * 10.0).round() / 10.0,
         "sfu_rss_mib_loaded": (rss * 10.0).round() / 10.0,
         "sfu_rss_kib_per_participant": (((rss - idle_rss) * 1024.0 / total as f64) * 10.0).round() / 10.0,
