@@ -26,7 +26,11 @@ use serde_json::{Value, json, value::RawValue};
 use super::protocol;
 use crate::{
     error::{Error, Result},
-    rooms::{pdu::Pdu, state::StateMap, timeline},
+    rooms::{
+        pdu::{Pdu, PduRef},
+        state::StateMap,
+        timeline,
+    },
     server::Server,
 };
 
@@ -237,23 +241,30 @@ pub(super) fn check_against_auth_events(
     pdu: &Pdu,
 ) -> std::result::Result<(), String> {
     let maps = &server.maps;
-    let fetch_event = |id: &EventId| server.rooms.pdu(maps, id).ok().flatten();
-    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|reason| reason.to_string())?;
-    let mut auth: Vec<_> = pdu
-        .auth_events
-        .iter()
-        .filter_map(|id| server.rooms.pdu(maps, id).ok().flatten())
-        .collect();
-    if let Some(meta) = server
+    let create = server
         .rooms
         .meta(maps, &pdu.room_id)
         .map_err(|e| e.message.to_string())?
-        && !pdu.auth_events.contains(&meta.create_event_id)
-        && let Some(create) = server
-            .rooms
-            .pdu(maps, &meta.create_event_id)
-            .map_err(|e| e.message.to_string())?
+        .map(|meta| meta.create_event_id.clone());
+    check_against_auth_events_in(rules, pdu, create.as_deref(), |id| {
+        server.rooms.pdu(maps, id).ok().flatten()
+    })
+}
+
+/// As [`check_against_auth_events`], with the events taken from `lookup` (e.g. a room's
+/// state in hand) and the room's create event id given.
+pub(super) fn check_against_auth_events_in(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    create: Option<&EventId>,
+    lookup: impl Fn(&EventId) -> Option<PduRef>,
+) -> std::result::Result<(), String> {
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, &lookup)
+        .map_err(|reason| reason.to_string())?;
+    let mut auth: Vec<_> = pdu.auth_events.iter().filter_map(|id| lookup(id)).collect();
+    if let Some(create) = create
+        && !pdu.auth_events.iter().any(|id| id == create)
+        && let Some(create) = lookup(create)
     {
         auth.push(create);
     }

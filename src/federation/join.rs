@@ -269,9 +269,10 @@ async fn take_room(
         .collect();
     // An event may be in both the auth chain and the state: once is enough.
     let mut seen = std::collections::HashSet::new();
-    let mut checked: Vec<Pdu> = verified
+    let mut checked: Vec<PduRef> = verified
         .into_iter()
         .filter(|p| seen.insert(p.event_id.clone()))
+        .map(Arc::new)
         .collect();
     drop(seen);
     // Oldest first, so each event's auth events are checked before it.
@@ -305,13 +306,23 @@ async fn take_room(
         serde_json::to_vec(&meta)?,
     );
     server.db.commit(batch)?;
+    // Each checked against its auth events, taken from the answer in hand (not read back,
+    // which would also fill the event cache with the whole room).
+    let by_id: std::collections::HashMap<&ruma::EventId, &PduRef> =
+        checked.iter().map(|p| (&*p.event_id, p)).collect();
+    let lookup = |id: &ruma::EventId| match by_id.get(id) {
+        Some(pdu) => Some(Arc::clone(pdu)),
+        None => server.rooms.pdu(maps, id).ok().flatten(),
+    };
     for pdu in &checked {
-        authorize_outlier(server, rules, pdu)?;
+        authorize_outlier(rules, pdu, &create.event_id, lookup)?;
     }
+    drop(by_id);
 
     let state_events: Vec<&Pdu> = checked
         .iter()
         .filter(|p| p.state_key.is_some() && state_ids.contains(&p.event_id))
+        .map(|p| &**p)
         .collect();
     let state = super::outlier::state_map(server, &state_events)?;
     let members: Vec<_> = state_events
@@ -492,17 +503,24 @@ async fn signer_keys(
 }
 
 /// An event of the state or auth chain must be allowed by its own auth events.
-fn authorize_outlier(server: &Server, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
-    super::inbound::check_against_auth_events(server, rules, pdu).map_err(|reason| {
-        Error::new(
-            http::StatusCode::BAD_GATEWAY,
-            "M_UNKNOWN",
-            format!(
-                "Event {} of the room's state is not authorised: {reason}",
-                pdu.event_id
-            ),
-        )
-    })
+fn authorize_outlier(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    create: &ruma::EventId,
+    lookup: impl Fn(&ruma::EventId) -> Option<PduRef>,
+) -> Result<()> {
+    super::inbound::check_against_auth_events_in(rules, pdu, Some(create), lookup).map_err(
+        |reason| {
+            Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!(
+                    "Event {} of the room's state is not authorised: {reason}",
+                    pdu.event_id
+                ),
+            )
+        },
+    )
 }
 
 /// A remote alias: asks its server for the room id and servers to join through.
