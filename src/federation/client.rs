@@ -185,10 +185,10 @@ impl Client {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
-        let response = self
-            .signed_request(server, destination, method, path_and_query, body)
+        let value: Value = self
+            .send_as(server, destination, method, path_and_query, body)
             .await?;
-        read_json(destination, response).await
+        json_answer(destination, value)
     }
 
     /// As [`Client::send`], with the answer parsed into `T`.
@@ -378,7 +378,12 @@ fn describe(error: &reqwest::Error) -> String {
 /// The answer's JSON; a non-2xx answer becomes an error carrying the remote errcode when it
 /// is one of ours to pass on (not found, forbidden), else a 502.
 async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
-    let value: Value = read_as(destination, response).await?;
+    json_answer(destination, read_as(destination, response).await?)
+}
+
+/// A successful answer of JSON `null` is no answer (a body that is not JSON at all is refused
+/// by [`read_as`]).
+fn json_answer(destination: &ServerName, value: Value) -> Result<Value> {
     if value.is_null() {
         return Err(remote_error(destination, "answer is not JSON"));
     }

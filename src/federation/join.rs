@@ -228,7 +228,6 @@ fn sign_template(
     Ok((event_id, event))
 }
 
-/// Checks and stores the room's state and auth chain from `send_join`, then appends our join.
 /// The answer to `send_join` (v2), parsed straight into events: a large room's state is held
 /// once, not also as a JSON tree.
 #[derive(serde::Deserialize)]
@@ -242,6 +241,7 @@ struct SendJoinAnswer {
     event: Option<Value>,
 }
 
+/// Checks and stores the room's state and auth chain from `send_join`, then appends our join.
 async fn take_room(
     server: &Arc<Server>,
     rules: &RoomVersionRules,
