@@ -482,6 +482,12 @@ impl Sfu {
         }
         match self.dirty.pop() {
             Some(conn) => {
+                // Media was written to it: str0m queues it for sending on its next timeout.
+                // Running that timeout now saves asking for it first (`poll_output` would
+                // work out every timer of the connection only to answer "now").
+                if let Some(participant) = self.participants.get_mut(&conn) {
+                    participant.subscriber.timeout(now);
+                }
                 self.drive(now, conn, Side::Subscriber);
                 true
             }
