@@ -16,7 +16,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{ConnId, JoinParams, Output, Sfu, SfuConfig, latency::Latency};
+use crate::{ConnId, JoinParams, Output, SendJob, Sfu, SfuConfig, latency::Latency};
 
 /// Longest we sleep without looking at the clock (str0m timers are usually sooner).
 const MAX_IDLE: Duration = Duration::from_millis(500);
@@ -192,6 +192,13 @@ pub async fn start(
     Ok(SfuHandle { commands, local })
 }
 
+/// Sending threads besides the SFU task's own: one per further core (at most 7).
+fn sending_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1).min(7))
+        .unwrap_or(0)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -207,7 +214,7 @@ async fn run(
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) {
     let mut sessions = Sessions::default();
-    let mut outbox = Outbox::new(&socket);
+    let mut outbox = Outbox::new(&socket, Senders::new(sending_threads()));
     let mut buf = vec![0u8; 2048];
     loop {
         flush(
@@ -349,15 +356,31 @@ async fn flush(
     events: Option<&mpsc::UnboundedSender<Presence>>,
 ) {
     loop {
-        // One receiver at a time, its packets sent before the next one's are made.
-        let mut more = false;
-        let ran = guarded(|| more = sfu.flush_next(Instant::now()));
+        // What handling input and timers produced (replies, feedback, signalling) first.
         send_output(sfu, socket, outbox, sessions, events).await;
-        // A connection's datagrams all go to its one address: its run is complete.
         outbox.send(socket).await;
-        // (After a panic the receiver that caused it is off the list: go on with the others.)
-        if ran && !more {
-            break;
+        if !sfu.has_unsent() {
+            return;
+        }
+        // Then every receiver media was written to: each one's packets are sent as soon as
+        // they are made, receivers spread over the sending threads when there are many.
+        let now = Instant::now();
+        let mut done = Sent::default();
+        let senders = &outbox.senders;
+        let gso = outbox.gso.as_ref();
+        let since = outbox.since;
+        // (A panic outside one receiver's job leaves that batch's reports unread; the
+        // receivers' timers catch up on their next run.)
+        guarded(|| {
+            sfu.flush_jobs(now, |jobs| {
+                done = senders.run(jobs, now, socket, gso, since);
+            })
+        });
+        for (packets, time) in done.times {
+            outbox.latency.record(time, packets as u64);
+        }
+        for (to, data) in done.deferred {
+            outbox.push(socket, to, &data).await;
         }
     }
 }
@@ -408,6 +431,7 @@ const MAX_SEGMENTED_BYTES: usize = 60_000;
 /// it, instead of one `sendto` each.
 struct Outbox {
     gso: Option<quinn_udp::UdpSocketState>,
+    senders: Senders,
     /// The run being gathered: its address, datagram size, datagrams back to back.
     to: Option<SocketAddr>,
     segment: usize,
@@ -420,13 +444,14 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn new(socket: &UdpSocket) -> Self {
+    fn new(socket: &UdpSocket, senders: Senders) -> Self {
         let gso = quinn_udp::UdpSocketState::new(socket.into())
             .ok()
             .filter(|state| state.max_gso_segments() > 1);
         tracing::debug!(gso = gso.is_some(), "UDP send path");
         Self {
             gso,
+            senders,
             to: None,
             segment: 0,
             count: 0,
@@ -488,17 +513,8 @@ impl Outbox {
             return;
         };
         if self.count > 1 {
-            let transmit = quinn_udp::Transmit {
-                destination: to,
-                ecn: None,
-                contents: &self.buf,
-                segment_size: Some(self.segment),
-                src_ip: None,
-            };
             let sent = loop {
-                match socket.try_io(Interest::WRITABLE, || {
-                    gso.try_send(socket.into(), &transmit)
-                }) {
+                match segmented(socket, gso, to, self.segment, &self.buf) {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         if socket.writable().await.is_err() {
                             break false;
@@ -534,6 +550,163 @@ impl Outbox {
 async fn send_one(socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
     if socket.try_send_to(data, to).is_err() {
         let _ = socket.send_to(data, to).await;
+    }
+}
+
+/// Sends `buf`, datagrams of `segment` bytes back to back (the last may be shorter), to `to`
+/// in one system call.
+fn segmented(
+    socket: &UdpSocket,
+    gso: &quinn_udp::UdpSocketState,
+    to: SocketAddr,
+    segment: usize,
+    buf: &[u8],
+) -> io::Result<()> {
+    let transmit = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: buf,
+        segment_size: Some(segment),
+        src_ip: None,
+    };
+    socket.try_io(Interest::WRITABLE, || {
+        gso.try_send(socket.into(), &transmit)
+    })
+}
+
+/// Receivers of one batch below this many are all made on the SFU task's thread: handing
+/// work to another thread costs a wake-up, worth it only for a large fan-out.
+const SPREAD_FROM: usize = 16;
+
+/// The threads that make receivers' packets, besides the SFU task's own.
+struct Senders {
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// What the sending threads did with one batch.
+#[derive(Default)]
+struct Sent {
+    /// (packets, time since their input was read) for each receiver's run.
+    times: Vec<(usize, Duration)>,
+    /// Datagrams the kernel would not take at once (its buffer was full), to be sent by the
+    /// task when the socket is writable again.
+    deferred: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Senders {
+    /// `threads` sending threads besides the SFU task's own (none: all on the task).
+    fn new(threads: usize) -> Self {
+        let pool = (threads > 0)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("sfu-send-{i}"))
+                    .build()
+                    .map_err(|error| tracing::warn!(%error, "no SFU sending threads"))
+                    .ok()
+            })
+            .flatten();
+        Self { pool }
+    }
+
+    /// Runs the receivers' jobs, this thread taking the first share, and sends each one's
+    /// datagrams as soon as they are made.
+    fn run(
+        &self,
+        jobs: &mut [SendJob<'_>],
+        now: Instant,
+        socket: &UdpSocket,
+        gso: Option<&quinn_udp::UdpSocketState>,
+        since: Option<Instant>,
+    ) -> Sent {
+        let pool = self.pool.as_ref().filter(|_| jobs.len() >= SPREAD_FROM);
+        let Some(pool) = pool else {
+            return run_share(jobs, now, socket, gso, since);
+        };
+        let shares = pool.current_num_threads() + 1;
+        let per_share = jobs.len().div_ceil(shares);
+        let mut chunks = jobs.chunks_mut(per_share);
+        let mine = chunks.next().unwrap_or_default();
+        let mut results: Vec<Sent> = Vec::new();
+        results.resize_with(shares, Sent::default);
+        let (first, others) = results.split_at_mut(1);
+        pool.in_place_scope(|scope| {
+            for (chunk, result) in chunks.zip(others.iter_mut()) {
+                scope.spawn(move |_| *result = run_share(chunk, now, socket, gso, since));
+            }
+            first[0] = run_share(mine, now, socket, gso, since);
+        });
+        let mut all = Sent::default();
+        for result in results {
+            all.times.extend(result.times);
+            all.deferred.extend(result.deferred);
+        }
+        all
+    }
+}
+
+/// Makes and sends the packets of a share of the receivers, one receiver at a time.
+fn run_share(
+    jobs: &mut [SendJob<'_>],
+    now: Instant,
+    socket: &UdpSocket,
+    gso: Option<&quinn_udp::UdpSocketState>,
+    since: Option<Instant>,
+) -> Sent {
+    let mut sent = Sent::default();
+    let mut datagrams: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut buf = Vec::new();
+    for job in jobs {
+        if !guarded(|| job.run(now, |to, data| datagrams.push((to, data)))) {
+            job.failed();
+        }
+        let waiting = sent.deferred.len();
+        let count = datagrams.len();
+        send_run(socket, gso, &mut datagrams, &mut buf, &mut sent.deferred);
+        // (Deferred ones count when they are sent.)
+        let count = count - (sent.deferred.len() - waiting);
+        if let Some(since) = since
+            && count > 0
+        {
+            sent.times.push((count, since.elapsed()));
+        }
+    }
+    sent
+}
+
+/// Sends one receiver's datagrams without waiting: in one segmented system call when they
+/// allow it (one address, equal sizes but the last), else one at a time. What the kernel
+/// would not take now goes to `deferred`.
+fn send_run(
+    socket: &UdpSocket,
+    gso: Option<&quinn_udp::UdpSocketState>,
+    datagrams: &mut Vec<(SocketAddr, Vec<u8>)>,
+    buf: &mut Vec<u8>,
+    deferred: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    if let (Some(gso), [(to, first), rest @ ..]) = (gso, datagrams.as_slice())
+        && !rest.is_empty()
+        && datagrams.len() <= gso.max_gso_segments().min(MAX_SEGMENTS)
+        && rest.iter().all(|(other, _)| other == to)
+        && rest[..rest.len() - 1]
+            .iter()
+            .all(|(_, d)| d.len() == first.len())
+        && rest.last().is_some_and(|(_, d)| d.len() <= first.len())
+    {
+        buf.clear();
+        for (_, data) in datagrams.iter() {
+            buf.extend_from_slice(data);
+        }
+        if buf.len() <= MAX_SEGMENTED_BYTES && segmented(socket, gso, *to, first.len(), buf).is_ok()
+        {
+            datagrams.clear();
+            return;
+        }
+    }
+    for (to, data) in datagrams.drain(..) {
+        if socket.try_send_to(&data, to).is_err() {
+            deferred.push((to, data));
+        }
     }
 }
 

@@ -23,4 +23,4 @@ mod signal;
 mod speaker;
 pub mod token;
 
-pub use sfu::{ConnId, JoinParams, Output, Sfu, SfuConfig};
+pub use sfu::{ConnId, JoinParams, Output, SendJob, Sfu, SfuConfig};

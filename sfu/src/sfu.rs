@@ -425,6 +425,32 @@ impl Participant {
     }
 }
 
+/// Making one receiving connection's packets: media was written to it, str0m is to run its
+/// timer and hand out the datagrams. Touches nothing but that connection, so jobs may run on
+/// different threads.
+pub struct SendJob<'a> {
+    conn: ConnId,
+    pc: &'a mut Pc,
+    /// The connection's timer before (the core's timer set is keyed by it).
+    before: Instant,
+    events: Vec<Event>,
+    failed: bool,
+}
+
+impl SendJob<'_> {
+    /// Makes the datagrams and gives them to `transmit` (destination, bytes), one run to the
+    /// connection's one address.
+    pub fn run(&mut self, now: Instant, mut transmit: impl FnMut(SocketAddr, Vec<u8>)) {
+        self.pc.timeout(now);
+        self.events = self.pc.drain(now, |_, to, data| transmit(to, data));
+    }
+
+    /// Running it panicked: the connection is dropped when the jobs are done.
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+}
+
 pub struct Sfu {
     config: SfuConfig,
     rooms: HashMap<String, Room>,
@@ -476,10 +502,7 @@ impl Sfu {
     /// left to send. Taking the output after each call lets the first receivers' packets go
     /// out while the others' are still being made.
     pub fn flush_next(&mut self, now: Instant) -> bool {
-        if !self.switched.is_empty() {
-            let publishers = std::mem::take(&mut self.switched);
-            self.update_dynacast(publishers);
-        }
+        self.update_switched();
         match self.dirty.pop() {
             Some(conn) => {
                 // Media was written to it: str0m queues it for sending on its next timeout.
@@ -492,6 +515,55 @@ impl Sfu {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Whether media was written that is not sent yet.
+    pub fn has_unsent(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// As [`Sfu::flush`], with the work of making each receiver's packets handed to `run` as
+    /// independent jobs (each owns one receiving connection), which it may spread over
+    /// threads; each job's datagrams are given to the `transmit` of [`SendJob::run`], not to
+    /// [`Sfu::poll_output`]. Acting on what they report happens here, after `run`. Handling
+    /// those reports may write media again: call while [`Sfu::has_unsent`].
+    pub fn flush_jobs(&mut self, now: Instant, run: impl FnOnce(&mut [SendJob<'_>])) {
+        self.update_switched();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        let mut jobs: Vec<SendJob<'_>> = self
+            .participants
+            .iter_mut()
+            .filter(|(conn, _)| dirty.binary_search(conn).is_ok())
+            .map(|(conn, participant)| SendJob {
+                conn: *conn,
+                before: participant.subscriber.next_timeout,
+                pc: &mut participant.subscriber,
+                events: Vec::new(),
+                failed: false,
+            })
+            .collect();
+        run(&mut jobs);
+        let reports: Vec<_> = jobs
+            .into_iter()
+            .map(|job| (job.conn, job.before, job.events, job.failed))
+            .collect();
+        for (conn, before, events, failed) in reports {
+            if failed {
+                // Its state may be half-updated: it leaves (and may rejoin); the room goes on.
+                self.drop_faulty(now, conn);
+            } else {
+                self.drained(now, conn, Side::Subscriber, before, events);
+            }
+        }
+    }
+
+    /// A finished layer switch may leave a publisher's old layer unwanted (dynacast).
+    fn update_switched(&mut self) {
+        if !self.switched.is_empty() {
+            let publishers = std::mem::take(&mut self.switched);
+            self.update_dynacast(publishers);
         }
     }
 
@@ -1403,6 +1475,22 @@ impl Sfu {
         let events = participant.pc(side).drain(now, |_, to, data| {
             out.push_back(Output::Transmit { to, data })
         });
+        self.drained(now, conn, side, before, events);
+    }
+
+    /// After a connection's output was drained (`before`: its timer until then): its timer
+    /// moves, its events are acted on, and a connection str0m has closed leaves.
+    fn drained(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        side: Side,
+        before: Instant,
+        events: Vec<Event>,
+    ) {
+        let Some(participant) = self.participants.get_mut(&conn) else {
+            return;
+        };
         let after = participant.pc(side).next_timeout;
         self.timers.remove(&(before, conn, side));
         self.timers.insert((after, conn, side));

@@ -9,8 +9,12 @@
 //! publisher → subscriber (p50/p99: an upper bound of what the SFU adds, since it includes
 //! both clients' SRTP and this process's scheduling), and the SFU's memory per participant.
 //!
+//! Publishers start sending when their track is up, so their packets arrive spread over the
+//! 20 ms; with `--aligned` they all send on one shared 20 ms grid instead (every publisher's
+//! packet in the same millisecond: the SFU gets them as one batch).
+//!
 //! Usage: `sfu-bench --sparks target/release/sparks [--publishers 10] [--subscribers 40]
-//! [--seconds 10] [--json out.json]`
+//! [--seconds 10] [--aligned] [--json out.json]`
 
 use std::{
     net::SocketAddr,
@@ -50,6 +54,9 @@ struct Args {
     subscribers: usize,
     seconds: u64,
     json: Option<PathBuf>,
+    /// Publishers send on one shared 20 ms grid (all at once) rather than each from when it
+    /// joined.
+    aligned: bool,
 }
 
 fn args() -> Args {
@@ -59,9 +66,14 @@ fn args() -> Args {
         subscribers: 40,
         seconds: 10,
         json: None,
+        aligned: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--aligned" {
+            args.aligned = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--sparks" => args.sparks = PathBuf::from(value),
@@ -100,6 +112,7 @@ struct Server {
 #[derive(Default)]
 struct Inside {
     p50_median: u64,
+    p99_median: u64,
     p99_worst: u64,
     max: u64,
 }
@@ -144,7 +157,8 @@ impl Server {
 
     /// The SFU's per-second summaries of how long forwarded packets spent inside it (from
     /// reading a datagram to handing its copies to the kernel), logged after byte `from` of
-    /// its log: the median of the seconds' p50, the worst second's p99, the maximum.
+    /// its log: the median of the seconds' p50 and of their p99, the worst second's p99, the
+    /// maximum.
     fn forwarding_time(&self, from: u64) -> Inside {
         let log = std::fs::read(self.dir.join("sparks.log")).unwrap_or_default();
         let text = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
@@ -153,6 +167,7 @@ impl Server {
                 .find_map(|part| part.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         };
         let mut p50s = Vec::new();
+        let mut p99s = Vec::new();
         let mut inside = Inside::default();
         for line in text.lines().filter(|l| l.contains("spent in the SFU")) {
             if let (Some(p50), Some(p99), Some(max)) = (
@@ -161,12 +176,15 @@ impl Server {
                 field(line, "max_us"),
             ) {
                 p50s.push(p50);
+                p99s.push(p99);
                 inside.p99_worst = inside.p99_worst.max(p99);
                 inside.max = inside.max.max(max);
             }
         }
         p50s.sort_unstable();
         inside.p50_median = p50s.get(p50s.len() / 2).copied().unwrap_or(0);
+        p99s.sort_unstable();
+        inside.p99_median = p99s.get(p99s.len() / 2).copied().unwrap_or(0);
         inside
     }
 
@@ -318,6 +336,7 @@ async fn participant(
     publish: bool,
     expected_tracks: usize,
     epoch: Instant,
+    aligned: bool,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -334,7 +353,13 @@ async fn participant(
     let mut pending: Option<SdpPendingOffer> = None;
     let mut mid: Option<Mid> = None;
     let mut seq: u64 = 1;
-    let mut next_packet = Instant::now();
+    let mut next_packet = if aligned {
+        // The next tick of the grid every publisher shares.
+        let ticks = epoch.elapsed().as_micros() / PACKET_INTERVAL.as_micros() + 1;
+        epoch + PACKET_INTERVAL * ticks as u32
+    } else {
+        Instant::now()
+    };
     let mut seen: std::collections::HashSet<u32> = Default::default();
     let mut complete = false;
     if publish {
@@ -506,6 +531,7 @@ async fn main() {
             publish,
             expected,
             epoch,
+            args.aligned,
             stats.clone(),
             stop.clone(),
         )));
@@ -557,6 +583,7 @@ async fn main() {
         "latency_ms_p50": percentile(&latencies, 0.50),
         "latency_ms_p99": percentile(&latencies, 0.99),
         "sfu_forwarding_us_p50_median": inside.p50_median,
+        "sfu_forwarding_us_p99_median": inside.p99_median,
         "sfu_forwarding_us_p99_worst": inside.p99_worst,
         "sfu_forwarding_us_max": inside.max,
         "sfu_rss_mib_idle": (idle_rss * 10.0).round() / 10.0,
