@@ -335,8 +335,7 @@ async fn participant(
     identity: String,
     publish: bool,
     expected_tracks: usize,
-    epoch: Instant,
-    aligned: bool,
+    (epoch, aligned): (Instant, bool),
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -530,8 +529,7 @@ async fn main() {
             identity,
             publish,
             expected,
-            epoch,
-            args.aligned,
+            (epoch, args.aligned),
             stats.clone(),
             stop.clone(),
         )));
