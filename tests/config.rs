@@ -220,6 +220,10 @@ fn invalid_values_are_refused() {
         &format!("{BASE}[federation]\nca_certificates = [\"/nonexistent/ca.pem\"]\n"),
         &["federation.ca_certificates", "/nonexistent/ca.pem"],
     );
+    assert_refused(
+        &format!("{BASE}[rtc]\nsend_threads = 1000\n"),
+        &["rtc.send_threads"],
+    );
 }
 
 #[test]

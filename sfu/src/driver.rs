@@ -144,6 +144,8 @@ pub struct Tuning {
     pub resume_window: Duration,
     pub estimate_bandwidth: bool,
     pub allow_pause: bool,
+    /// Sending threads besides the SFU task's own (`None`: one per further core, at most 7).
+    pub send_threads: Option<usize>,
 }
 
 pub async fn start(
@@ -188,11 +190,12 @@ pub async fn start(
         allow_pause: tuning.allow_pause,
     });
     let (commands, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(run(sfu, socket, arrival, receiver, events));
+    let senders = Senders::new(tuning.send_threads.unwrap_or_else(sending_threads));
+    tokio::spawn(run(sfu, socket, senders, arrival, receiver, events));
     Ok(SfuHandle { commands, local })
 }
 
-/// Sending threads besides the SFU task's own: one per further core (at most 7).
+/// Sending threads besides the SFU task's own, by default: one per further core (at most 7).
 fn sending_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().saturating_sub(1).min(7))
@@ -209,12 +212,13 @@ fn now_ms() -> i64 {
 async fn run(
     mut sfu: Sfu,
     socket: UdpSocket,
+    senders: Senders,
     local: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: Option<mpsc::UnboundedSender<Presence>>,
 ) {
     let mut sessions = Sessions::default();
-    let mut outbox = Outbox::new(&socket, Senders::new(sending_threads()));
+    let mut outbox = Outbox::new(&socket, senders);
     let mut buf = vec![0u8; 2048];
     loop {
         flush(

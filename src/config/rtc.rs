@@ -32,7 +32,13 @@ pub struct RtcConfig {
     /// Pause a receiver's video when not even its lowest layer fits its bandwidth (clients
     /// that send `subscriber_allow_pause` decide for themselves). Off, as in LiveKit.
     pub allow_pause: bool,
+    /// Threads that make receivers' packets besides the SFU's own, when a batch of input has
+    /// many receivers. Unset: one per further core (at most 7); 0: all on the SFU's thread.
+    pub send_threads: Option<usize>,
 }
+
+/// More sending threads than this only wait on each other (and on the one socket).
+const MAX_SEND_THREADS: usize = 64;
 
 impl Default for RtcConfig {
     fn default() -> Self {
@@ -47,6 +53,7 @@ impl Default for RtcConfig {
             resume_window_secs: 20,
             bandwidth_estimation: true,
             allow_pause: false,
+            send_threads: None,
         }
     }
 }
@@ -60,6 +67,11 @@ impl RtcConfig {
             return Err(ConfigError(
                 "rtc.api_secret: at least 32 characters (it signs every call token)".into(),
             ));
+        }
+        if self.send_threads.is_some_and(|n| n > MAX_SEND_THREADS) {
+            return Err(ConfigError(format!(
+                "rtc.send_threads: at most {MAX_SEND_THREADS}"
+            )));
         }
         if !self.turn_uris.is_empty() && self.turn_shared_secret.is_empty() {
             return Err(ConfigError(

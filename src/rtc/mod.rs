@@ -94,6 +94,7 @@ pub async fn start(server: &Arc<Server>) {
         resume_window: std::time::Duration::from_secs(config.resume_window_secs),
         estimate_bandwidth: config.bandwidth_estimation,
         allow_pause: config.allow_pause,
+        send_threads: config.send_threads,
     };
     let advertise = vec![SocketAddr::new(advertised, 0)];
     match sparks_sfu::driver::start(bind, advertise, tuning, Some(events)).await {
