@@ -371,13 +371,17 @@ async fn flush(
         let now = Instant::now();
         let mut done = Sent::default();
         let senders = &outbox.senders;
-        let gso = outbox.gso.as_ref();
-        let since = outbox.since;
+        let sending = Sending {
+            now,
+            socket,
+            gso: outbox.gso.as_ref(),
+            since: outbox.since,
+        };
         // (A panic outside one receiver's job leaves that batch's reports unread; the
         // receivers' timers catch up on their next run.)
         guarded(|| {
             sfu.flush_jobs(now, |jobs| {
-                done = senders.run(jobs, now, socket, gso, since);
+                done = senders.run(jobs, sending);
             })
         });
         for (packets, time) in done.times {
@@ -587,6 +591,16 @@ struct Senders {
     pool: Option<rayon::ThreadPool>,
 }
 
+/// What every receiver's packets of one batch are made and sent with.
+#[derive(Clone, Copy)]
+struct Sending<'a> {
+    now: Instant,
+    socket: &'a UdpSocket,
+    gso: Option<&'a quinn_udp::UdpSocketState>,
+    /// When the batch's input was read off the socket (for the latency figures).
+    since: Option<Instant>,
+}
+
 /// What the sending threads did with one batch.
 #[derive(Default)]
 struct Sent {
@@ -615,17 +629,10 @@ impl Senders {
 
     /// Runs the receivers' jobs, this thread taking the first share, and sends each one's
     /// datagrams as soon as they are made.
-    fn run(
-        &self,
-        jobs: &mut [SendJob<'_>],
-        now: Instant,
-        socket: &UdpSocket,
-        gso: Option<&quinn_udp::UdpSocketState>,
-        since: Option<Instant>,
-    ) -> Sent {
+    fn run(&self, jobs: &mut [SendJob<'_>], sending: Sending<'_>) -> Sent {
         let pool = self.pool.as_ref().filter(|_| jobs.len() >= SPREAD_FROM);
         let Some(pool) = pool else {
-            return run_share(jobs, now, socket, gso, since);
+            return sending.share(jobs);
         };
         let shares = pool.current_num_threads() + 1;
         let per_share = jobs.len().div_ceil(shares);
@@ -636,9 +643,9 @@ impl Senders {
         let (first, others) = results.split_at_mut(1);
         pool.in_place_scope(|scope| {
             for (chunk, result) in chunks.zip(others.iter_mut()) {
-                scope.spawn(move |_| *result = run_share(chunk, now, socket, gso, since));
+                scope.spawn(move |_| *result = sending.share(chunk));
             }
-            first[0] = run_share(mine, now, socket, gso, since);
+            first[0] = sending.share(mine);
         });
         let mut all = Sent::default();
         for result in results {
@@ -649,33 +656,35 @@ impl Senders {
     }
 }
 
-/// Makes and sends the packets of a share of the receivers, one receiver at a time.
-fn run_share(
-    jobs: &mut [SendJob<'_>],
-    now: Instant,
-    socket: &UdpSocket,
-    gso: Option<&quinn_udp::UdpSocketState>,
-    since: Option<Instant>,
-) -> Sent {
-    let mut sent = Sent::default();
-    let mut datagrams: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let mut buf = Vec::new();
-    for job in jobs {
-        if !guarded(|| job.run(now, |to, data| datagrams.push((to, data)))) {
-            job.failed();
+impl Sending<'_> {
+    /// Makes and sends the packets of a share of the receivers, one receiver at a time.
+    fn share(self, jobs: &mut [SendJob<'_>]) -> Sent {
+        let mut sent = Sent::default();
+        let mut datagrams: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        let mut buf = Vec::new();
+        for job in jobs {
+            if !guarded(|| job.run(self.now, |to, data| datagrams.push((to, data)))) {
+                job.failed();
+            }
+            let waiting = sent.deferred.len();
+            let count = datagrams.len();
+            send_run(
+                self.socket,
+                self.gso,
+                &mut datagrams,
+                &mut buf,
+                &mut sent.deferred,
+            );
+            // (Deferred ones count when they are sent.)
+            let count = count - (sent.deferred.len() - waiting);
+            if let Some(since) = self.since
+                && count > 0
+            {
+                sent.times.push((count, since.elapsed()));
+            }
         }
-        let waiting = sent.deferred.len();
-        let count = datagrams.len();
-        send_run(socket, gso, &mut datagrams, &mut buf, &mut sent.deferred);
-        // (Deferred ones count when they are sent.)
-        let count = count - (sent.deferred.len() - waiting);
-        if let Some(since) = since
-            && count > 0
-        {
-            sent.times.push((count, since.elapsed()));
-        }
+        sent
     }
-    sent
 }
 
 /// Sends one receiver's datagrams without waiting: in one segmented system call when they

@@ -441,6 +441,9 @@ impl SendJob<'_> {
     /// Makes the datagrams and gives them to `transmit` (destination, bytes), one run to the
     /// connection's one address.
     pub fn run(&mut self, now: Instant, mut transmit: impl FnMut(SocketAddr, Vec<u8>)) {
+        // str0m queues written media for sending on its next timeout. Running that timeout
+        // now saves asking for it first (`poll_output` would work out every timer of the
+        // connection only to answer "now").
         self.pc.timeout(now);
         self.events = self.pc.drain(now, |_, to, data| transmit(to, data));
     }
@@ -492,38 +495,13 @@ impl Sfu {
         }
     }
 
-    /// Sends what was forwarded since the last call: call after a batch of input (several
-    /// datagrams), before taking the output.
-    pub fn flush(&mut self, now: Instant) {
-        while self.flush_next(now) {}
-    }
-
-    /// As [`Sfu::flush`], one receiving connection at a time: `false` when there was nothing
-    /// left to send. Taking the output after each call lets the first receivers' packets go
-    /// out while the others' are still being made.
-    pub fn flush_next(&mut self, now: Instant) -> bool {
-        self.update_switched();
-        match self.dirty.pop() {
-            Some(conn) => {
-                // Media was written to it: str0m queues it for sending on its next timeout.
-                // Running that timeout now saves asking for it first (`poll_output` would
-                // work out every timer of the connection only to answer "now").
-                if let Some(participant) = self.participants.get_mut(&conn) {
-                    participant.subscriber.timeout(now);
-                }
-                self.drive(now, conn, Side::Subscriber);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Whether media was written that is not sent yet.
     pub fn has_unsent(&self) -> bool {
         !self.dirty.is_empty()
     }
 
-    /// As [`Sfu::flush`], with the work of making each receiver's packets handed to `run` as
+    /// Sends what was forwarded since the last call (call after a batch of input, several
+    /// datagrams): the work of making each receiver's packets is handed to `run` as
     /// independent jobs (each owns one receiving connection), which it may spread over
     /// threads; each job's datagrams are given to the `transmit` of [`SendJob::run`], not to
     /// [`Sfu::poll_output`]. Acting on what they report happens here, after `run`. Handling
